@@ -1,0 +1,40 @@
+"""`mtlsweep` command line: a thin dispatcher over `orchestrator/commands/<name>.py`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module exposes add_parser(subparsers), which registers one or more sub-commands and
+# sets `func(args) -> int | None` on them.
+COMMANDS = ("layouts", "train", "attack", "run", "analyze", "demo", "submit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtlsweep",
+        description="Sweeps of adversarial attacks (DGBA, ...) on multi-task models, run by Ray Tune.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"orchestrator.commands.{name}")
+        except ModuleNotFoundError as err:  # a command whose module is not written yet
+            if err.name == f"orchestrator.commands.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mtlsweep {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `mtlsweep` sub-command; see orchestrator/cli.py."""
