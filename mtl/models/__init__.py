@@ -8,12 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mtl.models.layout import Layout, enumerate_layouts
+from mtl.models.layout import Layout, count_layouts, enumerate_layouts, iter_layouts
 
 _LAZY = {"build_model": "mtl.models.network", "MultiTaskNet": "mtl.models.network",
          "NUM_BLOCKS": "mtl.models.blocks"}
 
-__all__ = ["Layout", "enumerate_layouts", "build_model", "MultiTaskNet", "NUM_BLOCKS"]
+__all__ = ["Layout", "enumerate_layouts", "iter_layouts", "count_layouts", "build_model",
+           "MultiTaskNet", "NUM_BLOCKS"]
 
 
 def __getattr__(name: str) -> Any:

@@ -304,15 +304,34 @@ def _refinements(partition: Partition) -> tuple[Partition, ...]:
     return tuple(sorted(result, key=lambda p: (len(p), p)))
 
 
-def _chains(start: Partition, length: int) -> list[tuple[Partition, ...]]:
-    """All refining chains of `length` partitions whose first element refines `start`."""
-    @functools.lru_cache(maxsize=None)
-    def tails(prev: Partition, remaining: int) -> tuple[tuple[Partition, ...], ...]:
+def _check_sizes(num_tasks: int, num_blocks: int) -> None:
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"num_tasks: must be an integer >= 1, got {num_tasks!r}")
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"num_blocks: must be an integer >= 1, got {num_blocks!r}")
+
+
+def _trusted(chain: tuple[Partition, ...]) -> Layout:
+    """A Layout from a chain that is canonical and refining by construction (no re-check)."""
+    layout = Layout.__new__(Layout)
+    object.__setattr__(layout, "partitions", chain)
+    return layout
+
+
+def iter_layouts(num_tasks: int, num_blocks: int = DEFAULT_NUM_BLOCKS) -> Iterator[Layout]:
+    """Lazily yield every layout in `Layout` order (see `enumerate_layouts`)."""
+    _check_sizes(num_tasks, num_blocks)
+
+    def walk(prev: Partition, remaining: int) -> Iterator[tuple[Partition, ...]]:
         if remaining == 0:
-            return ((),)
-        return tuple((nxt,) + tail for nxt in _refinements(prev)
-                     for tail in tails(nxt, remaining - 1))
-    return list(tails(start, length))
+            yield ()
+            return
+        for nxt in _refinements(prev):  # coarsest first, so chains come out sorted
+            for tail in walk(nxt, remaining - 1):
+                yield (nxt,) + tail
+
+    for chain in walk((tuple(range(num_tasks)),), num_blocks):
+        yield _trusted(chain)
 
 
 def enumerate_layouts(num_tasks: int, num_blocks: int = DEFAULT_NUM_BLOCKS) -> list[Layout]:
@@ -320,17 +339,20 @@ def enumerate_layouts(num_tasks: int, num_blocks: int = DEFAULT_NUM_BLOCKS) -> l
 
     Built by refining recursively from the fully shared root (never by filtering the product
     of all partitions); 51 layouts for 3 x 5, 7,556 for 5 x 5. Sorted by `Layout` order: the fully
-    shared backbone first, separate networks last.
+    shared backbone first, separate networks last. The count grows fast (120,196 for 6 x 5):
+    use `count_layouts` / `iter_layouts` for larger sizes.
     """
-    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-        raise ValueError(f"num_tasks: must be an integer >= 1, got {num_tasks!r}")
-    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
-        raise ValueError(f"num_blocks: must be an integer >= 1, got {num_blocks!r}")
-    root = (tuple(range(num_tasks)),)
-    layouts = []
-    for chain in _chains(root, num_blocks):
-        layout = Layout.__new__(Layout)  # chains are valid by construction: skip re-validation
-        object.__setattr__(layout, "partitions", chain)
-        layouts.append(layout)
-    layouts.sort()
-    return layouts
+    return list(iter_layouts(num_tasks, num_blocks))
+
+
+def count_layouts(num_tasks: int, num_blocks: int = DEFAULT_NUM_BLOCKS) -> int:
+    """Number of layouts, by dynamic programming over partitions (no enumeration)."""
+    _check_sizes(num_tasks, num_blocks)
+
+    @functools.lru_cache(maxsize=None)
+    def count(prev: Partition, remaining: int) -> int:
+        if remaining == 0:
+            return 1
+        return sum(count(nxt, remaining - 1) for nxt in _refinements(prev))
+
+    return count((tuple(range(num_tasks)),), num_blocks)
