@@ -1,0 +1,140 @@
+"""Adversarial training: which batches one optimiser step trains on.
+
+`training_batches` turns one clean batch into a list of `(batch, weight)` pairs. Adversarial
+images are crafted with the shared attack library (`mtl.attacks.attack`, eps in 1/255 units) in
+eval mode, so BatchNorm running statistics only ever see the batches the model is trained on.
+Mixing follows the DGBA paper's code (`alternate`: clean on even steps, adversarial on odd
+steps) or a fixed convex combination (`weighted`: clean with `clean_weight`, adversarial with
+`1 - clean_weight`, both in the same step).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+ADV_METHODS = ("fgsm", "pgd")
+ADV_MIXES = ("alternate", "weighted")
+_OBJECTIVES_TEXT = "total, dgba, single:<task>"
+
+
+def _task_names() -> tuple[str, ...]:
+    from mtl.tasks import TASK_NAMES  # late: the registry is only needed to check single:<task>
+
+    return tuple(TASK_NAMES)
+
+
+@dataclass(frozen=True)
+class AdvTrainConfig:
+    """How adversarial examples are crafted and mixed into training.
+
+    objective: `total`, `dgba` or `single:<task>` (the attack's objective, see DESIGN.md §3).
+    method: `fgsm` (one step of eps) or `pgd` (I-FGSM, `steps` steps of eps/steps).
+    eps: L-inf radius in 1/255 units (8 means 8/255). steps: PGD iterations (FGSM uses 1).
+    mix: `alternate` or `weighted`; clean_weight: the clean batch's weight for `weighted`.
+    options: extra keyword options passed to `mtl.attacks.attack` (e.g. `random_start`).
+    """
+
+    objective: str = "total"
+    method: str = "pgd"
+    eps: float = 8.0
+    steps: int = 10
+    mix: str = "alternate"
+    clean_weight: float = 0.5
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", dict(self.options))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise one ValueError naming the first bad field and its allowed values."""
+        obj = self.objective
+        if not isinstance(obj, str):
+            raise ValueError(f"adv.objective: must be one of {_OBJECTIVES_TEXT}, got {obj!r}")
+        if obj.startswith("single:"):
+            names = _task_names()
+            if obj[len("single:"):] not in names:
+                raise ValueError(f"adv.objective: unknown task in {obj!r}; allowed: "
+                                 + ", ".join(f"single:{t}" for t in names))
+        elif obj not in ("total", "dgba"):
+            raise ValueError(f"adv.objective: must be one of {_OBJECTIVES_TEXT}, got {obj!r}")
+        if self.method not in ADV_METHODS:
+            raise ValueError(f"adv.method: must be one of {', '.join(ADV_METHODS)}, "
+                             f"got {self.method!r}")
+        if (isinstance(self.eps, bool) or not isinstance(self.eps, (int, float))
+                or not 0 < self.eps <= 255):
+            raise ValueError(f"adv.eps: must be a number in (0, 255] (1/255 units), "
+                             f"got {self.eps!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"adv.steps: must be an int >= 1, got {self.steps!r}")
+        if self.mix not in ADV_MIXES:
+            raise ValueError(f"adv.mix: must be one of {', '.join(ADV_MIXES)}, got {self.mix!r}")
+        w = self.clean_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+            raise ValueError(f"adv.clean_weight: must be a number in [0, 1], got {w!r}")
+
+    def task(self) -> str | None:
+        """The attacked task for `single:<task>` objectives, else None."""
+        return self.objective[len("single:"):] if self.objective.startswith("single:") else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict that `from_dict` reads back."""
+        out = asdict(self)
+        out["options"] = dict(self.options)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AdvTrainConfig":
+        """Inverse of `to_dict`; unknown keys raise a ValueError listing the allowed ones."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"adv: must be a mapping, got {type(data).__name__}")
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ValueError(f"adv: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
+        return cls(**dict(data))
+
+
+def craft_adversarial(model: nn.Module, batch: Batch, cfg: AdvTrainConfig) -> Batch:
+    """A copy of `batch` whose image is replaced by an adversarial one (detached).
+
+    The model's train/eval mode is the same after the call as before it.
+    """
+    from mtl.attacks import attack  # late import: mtl.train must not need attacks to load
+
+    was_training = model.training
+    steps = 1 if cfg.method == "fgsm" else cfg.steps
+    x_adv = attack(model, batch, method=cfg.method, objective=cfg.objective, eps=float(cfg.eps),
+                   steps=steps, **dict(cfg.options))
+    model.train(was_training)  # attack() restores the mode itself; make sure of it
+    out = dict(batch)
+    out["image"] = x_adv.detach()
+    return out
+
+
+def training_batches(model: nn.Module, batch: Batch, cfg: AdvTrainConfig | None,
+                     step: int) -> list[tuple[Batch, float]]:
+    """The (batch, weight) pairs that training step `step` (0-based, global) optimises.
+
+    No adversarial training: `[(batch, 1.0)]`. `alternate`: the clean batch on even steps and
+    the adversarial batch on odd steps. `weighted`: `[(clean, w), (adv, 1 - w)]`, dropping an
+    entry whose weight is 0 (so no attack is crafted when w = 1).
+    """
+    if cfg is None:
+        return [(batch, 1.0)]
+    if cfg.mix == "alternate":
+        if step % 2 == 0:
+            return [(batch, 1.0)]
+        return [(craft_adversarial(model, batch, cfg), 1.0)]
+    w = float(cfg.clean_weight)
+    pairs: list[tuple[Batch, float]] = []
+    if w > 0.0:
+        pairs.append((batch, w))
+    if w < 1.0:
+        pairs.append((craft_adversarial(model, batch, cfg), 1.0 - w))
+    return pairs
