@@ -1,0 +1,98 @@
+"""The shared attack loop (a TransferAttack-style template).
+
+`Attack.__call__` is fixed: init delta (optional random start) -> for each step: objective
+direction at x0 + delta -> `observe` hook -> `update` (the step) -> project onto the eps-ball and
+the [0, 1] box. Methods override small hooks only (`init_delta`, `start`, `observe`, `update`,
+`finish`), so every method x objective pair shares one projection and one stopping rule.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mtl.attacks.dgba import solve_box_lp
+from mtl.attacks.objectives import AttackContext, Objective
+
+
+class Attack:
+    """Base class of the methods. `eps` is in pixel units here (the public API takes 1/255).
+
+    Subclasses declare `name`, `defaults` (option name -> default value) and override hooks.
+    """
+
+    name: ClassVar[str] = "base"
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, objective: Objective, eps: float, steps: int = 10, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"options: unknown key(s) {unknown} for method {self.name!r}; "
+                             f"allowed: {sorted(self.defaults)}")
+        self.objective = objective
+        self.eps = float(eps)
+        self.steps = int(steps)
+        self.options = {**self.defaults, **options}
+
+    @property
+    def num_steps(self) -> int:
+        """Number of direction evaluations (gradient steps)."""
+        return self.steps
+
+    def __call__(self, ctx: AttackContext) -> Tensor:
+        """Run the attack on one batch; returns adversarial images in [0, 1]."""
+        delta = self.project(ctx, self.init_delta(ctx))
+        self.start(ctx, delta)
+        for k in range(self.num_steps):
+            c, value = self.objective.direction(ctx, ctx.x0 + delta)
+            delta, c = self.observe(ctx, k, delta, c, value)
+            delta = self.project(ctx, self.update(ctx, k, delta, c))
+        delta = self.finish(ctx, delta)
+        return (ctx.x0 + delta).clamp(0.0, 1.0).detach()
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def init_delta(self, ctx: AttackContext) -> Tensor:
+        """Zero, or uniform in [-eps, eps] when the option random_start is true (seeded)."""
+        if not self.options.get("random_start", False):
+            return torch.zeros_like(ctx.x0)
+        gen = torch.Generator().manual_seed(int(self.options.get("seed", 0)))
+        noise = torch.rand(ctx.x0.shape, generator=gen, dtype=ctx.x0.dtype)
+        return ((2.0 * noise - 1.0) * self.eps).to(ctx.x0.device)
+
+    def start(self, ctx: AttackContext, delta: Tensor) -> None:
+        """Called once before the first step (methods set up their state here)."""
+
+    def observe(self, ctx: AttackContext, k: int, delta: Tensor, c: Tensor, value: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        """Sees the objective value at the current iterate; may replace iterate and direction."""
+        return delta, c
+
+    def update(self, ctx: AttackContext, k: int, delta: Tensor, c: Tensor) -> Tensor:
+        """One step; the default is the exact LP step of size alpha (see `lp_step`)."""
+        return self.lp_step(ctx, delta, c, self.step_size(k))
+
+    def step_size(self, k: int) -> float:
+        """Step size alpha in pixel units: option `alpha` (1/255 units) or eps / steps."""
+        alpha = self.options.get("alpha")
+        return self.eps / self.num_steps if alpha is None else float(alpha) / 255.0
+
+    def finish(self, ctx: AttackContext, delta: Tensor) -> Tensor:
+        """Chooses the perturbation to return (the last iterate by default)."""
+        return delta
+
+    # ---- shared pieces -------------------------------------------------------------------
+    def project(self, ctx: AttackContext, delta: Tensor) -> Tensor:
+        """Projection onto the eps-ball around x0 intersected with the [0, 1] box."""
+        return torch.maximum(torch.minimum(delta, ctx.hi), ctx.lo)
+
+    def lp_step(self, ctx: AttackContext, delta: Tensor, c: Tensor, alpha: float | Tensor
+                ) -> Tensor:
+        """delta + the exact maximiser of c . step over the box |step| <= alpha intersected with
+        the feasible set (= sign step then projection; see dgba.solve_box_lp)."""
+        if isinstance(alpha, Tensor):
+            alpha = alpha.reshape((-1,) + (1,) * (delta.dim() - 1))
+        lo = torch.maximum(ctx.lo - delta, -alpha * torch.ones_like(delta)).clamp_max(0.0)
+        hi = torch.minimum(ctx.hi - delta, alpha * torch.ones_like(delta)).clamp_min(0.0)
+        return delta + solve_box_lp(c, lo, hi)
