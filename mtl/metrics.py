@@ -103,9 +103,11 @@ class SegmentationMetric(Metric):
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         c = self.num_classes
         if target.dim() != 3:
-            raise ValueError(f"segment_semantic target: expected [B,H,W], got {tuple(target.shape)}")
+            raise ValueError(f"segment_semantic target: expected [B,H,W], "
+                             f"got {tuple(target.shape)}")
         if pred.dim() == 4:
-            if pred.shape[1] != c or pred.shape[0] != target.shape[0] or pred.shape[2:] != target.shape[1:]:
+            if pred.shape[1] != c or pred.shape[0] != target.shape[0] \
+                    or pred.shape[2:] != target.shape[1:]:
                 raise ValueError(f"segment_semantic pred: expected [B,{c},H,W] matching target "
                                  f"{tuple(target.shape)}, got {tuple(pred.shape)}")
             labels = pred.argmax(dim=1)
@@ -113,9 +115,11 @@ class SegmentationMetric(Metric):
             labels = pred.long()
         else:
             raise ValueError(f"segment_semantic pred: expected logits [B,{c},H,W] or labels "
-                             f"[B,H,W] matching target {tuple(target.shape)}, got {tuple(pred.shape)}")
+                             f"[B,H,W] matching target {tuple(target.shape)}, "
+                             f"got {tuple(pred.shape)}")
         target = target.to(labels.device).long()
-        valid = (target != self.ignore_index) & broadcast_mask(mask, tuple(target.shape), labels.device)
+        valid = (target != self.ignore_index) & broadcast_mask(
+            mask, tuple(target.shape), labels.device, "segment_semantic_mask")
         t, p = target[valid], labels[valid]
         if bool(((t < 0) | (t >= c)).any()) or bool(((p < 0) | (p >= c)).any()):
             raise ValueError(f"segment_semantic: class ids must be in [0, {c - 1}] "

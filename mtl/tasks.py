@@ -161,7 +161,7 @@ def task_loss(name: str, pred: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
 
 
 def metric_relative_change(clean: float, adv: float, higher_is_better: bool) -> float:
-    """σ (adv − clean) / |clean| with σ = +1 if higher is better else −1 (|clean| ≥ 1e-12)."""
+    """σ (adv − clean) / |clean|, σ = +1 if higher is better else −1; |clean| floored at 1e-12."""
     sigma = 1.0 if higher_is_better else -1.0
     return sigma * (float(adv) - float(clean)) / max(abs(float(clean)), 1e-12)
 
@@ -184,7 +184,8 @@ def _flag(task: str, metric: str,
     return flags[metric]
 
 
-def relative_change(clean: Mapping[str, Mapping[str, float]], adv: Mapping[str, Mapping[str, float]],
+def relative_change(clean: Mapping[str, Mapping[str, float]],
+                    adv: Mapping[str, Mapping[str, float]],
                     higher_is_better: Mapping[str, bool | Mapping[str, bool]] | None = None,
                     ) -> tuple[dict[str, float], float]:
     """Δ per task (mean over its metrics of σ(adv − clean)/|clean|) and the mean over tasks.

@@ -148,6 +148,43 @@ def test_float64_accumulation_and_device_agnostic_mask() -> None:
         broadcast_mask(torch.ones(2, 2, 3, dtype=torch.bool), (2, 4, 3), torch.device("cpu"))
 
 
+def test_random_batches_match_a_numpy_reference_over_the_whole_set() -> None:
+    """Accumulating 3 uneven batches equals the metric of the concatenated set (numpy)."""
+    g = torch.Generator().manual_seed(3)
+    c, n = 5, 7
+    seg_p, seg_t = torch.randn(n, c, 6, 6, generator=g), torch.randint(0, c, (n, 6, 6), generator=g)
+    seg_t[seg_t == 4] = 255
+    dep_p, dep_t = torch.rand(n, 1, 6, 6, generator=g) * 3, torch.rand(n, 1, 6, 6, generator=g) * 3
+    dep_m = torch.rand(n, 1, 6, 6, generator=g) > 0.3
+    nor_p, nor_t = torch.randn(n, 3, 6, 6, generator=g), torch.randn(n, 3, 6, 6, generator=g)
+    seg, dep, nor = SegmentationMetric(c), DepthMetric(), NormalMetric()
+    for sl in (slice(0, 2), slice(2, 3), slice(3, n)):
+        seg.update(seg_p[sl], seg_t[sl])
+        dep.update(dep_p[sl], dep_t[sl], dep_m[sl])
+        nor.update(nor_p[sl], nor_t[sl])
+    p, t = seg_p.argmax(1).numpy().ravel(), seg_t.numpy().ravel()
+    p, t = p[t != 255], t[t != 255]
+    ious = [((p == k) & (t == k)).sum() / ((p == k) | (t == k)).sum()
+            for k in range(c) if ((p == k) | (t == k)).any()]
+    assert seg.compute()["miou"] == pytest.approx(float(np.mean(ious)))
+    assert seg.compute()["pixel_acc"] == pytest.approx(float((p == t).mean()))
+    m = dep_m.numpy()
+    dp, dt = dep_p.numpy()[m].astype(np.float64), dep_t.numpy()[m].astype(np.float64)
+    ratio = np.maximum(dp / dt, dt / dp)
+    assert dep.compute() == pytest.approx({
+        "abs_err": np.abs(dp - dt).mean(), "rel_err": (np.abs(dp - dt) / dt).mean(),
+        "delta_1.25": (ratio < 1.25).mean(), "delta_1.25^2": (ratio < 1.25 ** 2).mean(),
+        "delta_1.25^3": (ratio < 1.25 ** 3).mean()})
+    a = nor_p.double().numpy().transpose(0, 2, 3, 1).reshape(-1, 3)
+    b = nor_t.double().numpy().transpose(0, 2, 3, 1).reshape(-1, 3)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    ang = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    assert nor.compute() == pytest.approx({
+        "angle_mean": ang.mean(), "angle_median": float(np.median(ang)),
+        "within_11.25": (ang < 11.25).mean(), "within_22.5": (ang < 22.5).mean(),
+        "within_30": (ang < 30).mean()})
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_metrics_on_gpu_match_cpu() -> None:
     g = torch.Generator().manual_seed(1)

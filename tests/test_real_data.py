@@ -11,6 +11,7 @@ from PIL import Image
 from mtl.data import get_dataset, make_loader
 from mtl.data.nyuv2 import NYUv2
 from mtl.data.taskonomy import Taskonomy
+from mtl.tasks import get_task, task_loss
 
 N, H, W = 4, 24, 32
 
@@ -85,6 +86,23 @@ def test_nyuv2_resize(tmp_path: Path) -> None:
     assert torch.allclose(n, torch.ones_like(n), atol=1e-5)
 
 
+def test_nyuv2_batches_drive_a_real_model_losses_and_metrics(tmp_path: Path) -> None:
+    from mtl.models import Layout, build_model
+
+    _write_nyuv2(tmp_path, n=2)
+    ds = NYUv2(tmp_path)
+    model = build_model(Layout.branch_point(1, len(ds.tasks)), list(ds.tasks), ds.task_channels,
+                        width=4)
+    batch = next(iter(make_loader(ds, batch_size=2)))
+    out = model(batch["image"])
+    for t in ds.tasks:
+        loss = task_loss(t, out[t], batch)
+        assert loss.shape == (2,) and torch.isfinite(loss).all() and (loss > 0).all()
+        metric = get_task(t).new_metric(ds.task_channels[t])
+        metric.update(out[t].detach(), batch[t], batch.get(t + "_mask"))
+        assert all(np.isfinite(v) for v in metric.compute().values())
+
+
 @pytest.mark.parametrize("breakage, match", [
     ("no_split", "split folder"), ("no_modality", "modality folder"),
     ("count", "same indices"), ("name", "integer"), ("shape", "HxWx3"),
@@ -99,7 +117,8 @@ def test_nyuv2_malformed_folder_errors_name_the_path(tmp_path: Path, breakage: s
                      "count": d / "label", "name": d / "image" / "x.npy",
                      "shape": d / "image" / "0.npy", "label_values": d / "label" / "0.npy",
                      "label_float": d / "label" / "0.npy", "hw": d / "normal" / "0.npy",
-                     "depth_dtype": d / "depth" / "0.npy", "pickle": d / "image" / "0.npy"}[breakage]
+                     "depth_dtype": d / "depth" / "0.npy",
+                     "pickle": d / "image" / "0.npy"}[breakage]
     if breakage == "no_modality":
         for f in (d / "depth").iterdir():
             f.unlink()

@@ -30,7 +30,8 @@ IGNORE = 255
 LAYOUT = "{root}/{train,val}/{image,label,depth,normal}/<i>.npy"
 
 
-def parse_tasks(tasks: Sequence[str] | None, allowed: Sequence[str], dataset: str) -> tuple[str, ...]:
+def parse_tasks(tasks: Sequence[str] | None, allowed: Sequence[str],
+                dataset: str) -> tuple[str, ...]:
     """Validated task tuple in the dataset's canonical order (None = all of `allowed`)."""
     if tasks is None:
         return tuple(allowed)
@@ -271,6 +272,7 @@ class NYUv2(Dataset):
         for key in sample:
             if tuple(sample[key].shape[-2:]) != hw:
                 mod = MODALITY.get(key.removesuffix("_mask"), key)
-                raise ValueError(f"nyuv2: {self._files[mod][idx]} is {tuple(sample[key].shape[-2:])}"
-                                 f" pixels but its image {path} is {hw}; expected equal sizes")
+                got = tuple(sample[key].shape[-2:])
+                raise ValueError(f"nyuv2: {self._files[mod][idx]} is {got} pixels but its image "
+                                 f"{path} is {hw}; expected equal sizes")
         return resize_sample(sample, self.size) if self.size else sample
