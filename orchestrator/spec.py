@@ -1,0 +1,609 @@
+"""Sweep YAML -> validated, frozen `SweepSpec` -> Ray Tune param space.
+
+A sweep is the cartesian grid of its axes (layouts x adversarial training x optimiser x rho x
+seed), optionally searched instead over rho / epochs by a Tune search algorithm. Every malformed
+input stops the run before any work with ONE `SpecError` (a ValueError) naming the YAML path,
+e.g. ``attacks.objectives[2]: unknown objective 'dgbaa'; allowed: ...``. The YAML keys are
+documented in sweeps/demo.yaml; the checks against the live cluster (GPU present, a node big
+enough for one trial) are in `check_cluster`, called after ``ray.init`` and before any trial.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mtl.models import Layout, enumerate_layouts
+from mtl.tasks import TASK_NAMES
+from mtl.train.zoo import config_hash
+from mtl.data import DATASETS
+
+NUM_BLOCKS = 5
+OPTIMIZERS = ("sgd", "adam")
+METHODS = ("fgsm", "pgd", "ifgsm", "mifgsm", "apgd")
+OBJECTIVES = ("single", "single:<task>", "total", "signsum", "dgba", "minmax")
+ADV_OBJECTIVES = ("total", "dgba", "single:<task>")
+ADV_METHODS = ("fgsm", "pgd")
+ADV_MIX = ("alternate", "weighted")
+SEARCH_MODES = ("grid", "random")
+SEARCH_PARAMS = {"rho": ("uniform", "loguniform", "choice"), "epochs": ("randint", "choice")}
+SCHEDULERS = ("none", "asha")
+# Final metrics a trial reports (means over its kept epochs; see orchestrator/trial.py).
+FINAL_METRICS = ("transfer_success", "transfer_delta", "whitebox_delta", "cross_task_delta",
+                 "train_loss")
+
+
+class SpecError(ValueError):
+    """A malformed sweep spec; the message starts with the YAML path of the offending value."""
+
+
+def _fail(path: str, message: str) -> None:
+    raise SpecError(f"{path}: {message}")
+
+
+def _show(values: Any) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+class _Node:
+    """A YAML mapping being read: typed getters that know their path, unknown-key detection."""
+
+    def __init__(self, value: Any, path: str, keys: tuple[str, ...]) -> None:
+        if not isinstance(value, dict):
+            _fail(path or "<top>", f"expected a mapping with keys {_show(keys)}, "
+                  f"got {type(value).__name__} {value!r}")
+        for key in value:
+            if key not in keys:
+                close = difflib.get_close_matches(str(key), keys, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                _fail(_join(path, key), f"unknown key{hint}; allowed keys: {_show(keys)}")
+        self.value, self.path = value, path
+
+    def at(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.value.get(key, default)
+
+    def require(self, key: str) -> Any:
+        if key not in self.value:
+            _fail(self.at(key), "required key is missing")
+        return self.value[key]
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _int(value: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(path, f"expected an integer, got {type(value).__name__} {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        _fail(path, f"{value} is out of range; allowed: {lo if lo is not None else '-inf'}.."
+              f"{hi if hi is not None else 'inf'}")
+    return value
+
+
+def _float(value: Any, path: str, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(path, f"expected a finite number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        _fail(path, f"{value:g} is out of range; allowed: {'>' if lo_open else '>='} {lo:g}"
+              + (f" and <= {hi:g}" if hi is not None else ""))
+    if hi is not None and value > hi:
+        _fail(path, f"{value:g} is out of range; allowed: <= {hi:g}")
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(path, f"expected true or false, got {value!r}")
+    return value
+
+
+def _choice(value: Any, path: str, allowed: tuple[str, ...], what: str = "value") -> str:
+    if not isinstance(value, str) or value not in allowed:
+        _fail(path, f"unknown {what} {value!r}; allowed: {_show(allowed)}")
+    return value
+
+
+def _list(value: Any, path: str, nonempty: bool = True) -> list:
+    """A YAML list; a scalar is read as a one-element list (``seeds: 0`` == ``seeds: [0]``)."""
+    items = value if isinstance(value, list) else [value]
+    if nonempty and not items:
+        _fail(path, "expected a non-empty list")
+    return items
+
+
+def _unique(items: list, path: str) -> None:
+    for i, item in enumerate(items):
+        if item in items[:i]:
+            _fail(f"{path}[{i}]", f"duplicate value {item!r}")
+
+
+# --- the frozen spec ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep. Plain, JSON-able values only (tuples, dicts of scalars)."""
+
+    name: str
+    storage: str | None
+    dataset: dict
+    tasks: tuple[str, ...]
+    width: int
+    layouts: tuple[str, ...]            # canonical Layout strings
+    training: dict                      # TrainConfig fields shared by every trial
+    optimizers: tuple[str, ...]
+    rhos: tuple[float, ...]
+    seeds: tuple[int, ...]
+    adv_train: tuple[dict | None, ...]  # None = standard training
+    sharpness: dict | None
+    attacks: dict                       # {"specs": [...], "eval_samples", "batch_size"}
+    cross_task: dict | None             # {"method", "eps", "steps"} or None
+    targets: tuple[dict, ...]           # {"id", "label", "config"}: full zoo model configs
+    resources: dict                     # {"cpu", "gpu", "custom": {...}}
+    search: dict                        # {"mode", ...}
+    max_concurrent: int
+    max_failures: int
+    reuse_surrogates: bool
+    store_path: str | None
+
+    def resource_request(self) -> dict[str, float]:
+        """One trial's request in Tune's spelling (``cpu``, ``gpu``, custom names)."""
+        return {"cpu": self.resources["cpu"], "gpu": self.resources["gpu"],
+                **self.resources["custom"]}
+
+    def num_grid_trials(self) -> int:
+        return (len(self.layouts) * len(self.adv_train) * len(self.optimizers) * len(self.rhos)
+                * len(self.seeds))
+
+
+def load_spec(path: str | Path, *, name: str | None = None, storage: str | None = None
+              ) -> SweepSpec:
+    """Read and validate a sweep YAML; ``name`` defaults to the file stem, ``storage``
+    (the CLI's --storage) overrides the file's ``storage``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({err})") from None
+    return parse_spec(raw if raw is not None else {}, name=name or path.stem, storage=storage)
+
+
+TOP_KEYS = ("name", "storage", "dataset", "tasks", "model", "layouts", "training", "adv_train",
+            "sharpness", "attacks", "cross_task", "transfer", "resources", "search",
+            "max_concurrent", "max_failures", "store")
+
+
+def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = None
+               ) -> SweepSpec:
+    """Validate a parsed YAML mapping into a `SweepSpec` (see module docstring)."""
+    top = _Node(raw, "", TOP_KEYS)
+    sweep_name = top.get("name", name)
+    if not isinstance(sweep_name, str) or not sweep_name or not all(
+            c.isalnum() or c in "_.-=+" for c in sweep_name) or sweep_name[0] in ".-":
+        _fail("name", f"expected a name of letters, digits and _ . - = + (not starting with a "
+              f"dot or dash), got {sweep_name!r}")
+    store_raw = storage if storage is not None else top.get("storage")
+    if store_raw is not None and (not isinstance(store_raw, str) or not store_raw):
+        _fail("storage", f"expected a directory or URI string, got {store_raw!r}")
+    tasks = _tasks(top.require("tasks"))
+    dataset = _dataset(top.require("dataset"), tasks)
+    model = _Node(top.get("model", {}), "model", ("width",))
+    width = _int(model.get("width", 16), model.at("width"), 1, 512)
+    layouts = _layouts(top.get("layouts", [NUM_BLOCKS]), "layouts", len(tasks))
+    training, optimizers, rhos, seeds = _training(top.require("training"))
+    adv = tuple(_adv(a, f"adv_train[{i}]", tasks)
+                for i, a in enumerate(_list(top.get("adv_train", ["none"]), "adv_train")))
+    _unique(list(adv), "adv_train")
+    sharpness = _sharpness(top.get("sharpness"))
+    attacks = _attacks(top.require("attacks"), tasks)
+    cross = _cross_task(top.get("cross_task", False))
+    resources = _resources(top.get("resources", {}))
+    search = _search(top.get("search", {"mode": "grid"}), training["epochs"])
+    store = _Node(top.get("store", {}), "store", ("reuse_surrogates", "path"))
+    store_path = store.get("path")
+    if store_path is not None and (not isinstance(store_path, str) or "://" in store_path):
+        _fail("store.path", f"expected a local (or shared-filesystem) directory, got "
+              f"{store_path!r}; the model store needs file locks, which object stores lack")
+    spec = SweepSpec(
+        name=sweep_name, storage=store_raw, dataset=dataset, tasks=tasks, width=width,
+        layouts=layouts, training=training, optimizers=optimizers, rhos=rhos, seeds=seeds,
+        adv_train=adv, sharpness=sharpness, attacks=attacks, cross_task=cross,
+        targets=(), resources=resources, search=search,
+        max_concurrent=_int(top.get("max_concurrent", 0), "max_concurrent", 0),
+        max_failures=_int(top.get("max_failures", 2), "max_failures", -1),
+        reuse_surrogates=_bool(store.get("reuse_surrogates", False), "store.reuse_surrogates"),
+        store_path=store_path)
+    targets = _targets(top.get("transfer"), spec)
+    spec = dataclasses.replace(spec, targets=targets)
+    if search["mode"] != "grid" and search["metric"].startswith("transfer") and not targets:
+        _fail("search.metric", f"{search['metric']!r} needs transfer targets "
+              "(transfer.targets is empty)")
+    if search["mode"] != "grid" and search["metric"] == "cross_task_delta" and not cross:
+        _fail("search.metric", "'cross_task_delta' needs cross_task: true")
+    _check_trainer_accepts(spec)
+    return spec
+
+
+def _check_trainer_accepts(spec: SweepSpec) -> None:
+    """Run mtl.train's own TrainConfig checks on every combination the sweep can produce."""
+    import itertools
+    epochs = [spec.training["epochs"]]
+    rhos = list(spec.rhos)
+    for param, dist in spec.search.get("space", {}).items():
+        (epochs if param == "epochs" else rhos).extend(dist["values"])
+    for adv, opt, rho, seed, e in itertools.product(spec.adv_train, spec.optimizers, rhos,
+                                                    spec.seeds, epochs):
+        _check_train_config(trial_train_config(spec.training, spec.sharpness, epochs=e,
+                                               optimizer=opt, rho=rho, seed=seed, adv=adv),
+                            "training")
+
+
+def trial_train_config(training: Mapping, sharpness: dict | None, *, epochs: int,
+                       optimizer: str, rho: float, seed: int, adv: dict | None) -> dict:
+    """The TrainConfig dict of one trial: the sweep's `training` section with the axis values.
+    A searched `epochs` keeps the kept epochs that fit and always the last one."""
+    keep = list(training["keep_epochs"])
+    if epochs != training["epochs"]:
+        keep = sorted({k for k in keep if k <= epochs} | {epochs})
+    return {**training, "epochs": epochs, "keep_epochs": keep,
+            "milestones": [m for m in training["milestones"] if m <= epochs],
+            "optimizer": optimizer, "rho": float(rho), "seed": int(seed), "adv": adv,
+            "sharpness": sharpness}
+
+
+def _tasks(raw: Any) -> tuple[str, ...]:
+    items = _list(raw, "tasks")
+    for i, t in enumerate(items):
+        _choice(t, f"tasks[{i}]", TASK_NAMES, "task")
+    _unique(items, "tasks")
+    return tuple(items)
+
+
+def _dataset(raw: Any, tasks: tuple[str, ...]) -> dict:
+    node = _Node(raw, "dataset", ("name", "size", "train", "val", "test", "seed", "root"))
+    name = _choice(node.require("name"), node.at("name"), tuple(DATASETS), "dataset")
+    root = node.get("root")
+    if name != "scenes" and not isinstance(root, str):
+        _fail(node.at("root"), f"dataset {name!r} reads files: give the directory it lives in")
+    out = {"name": name, "size": _int(node.get("size", 32), node.at("size"), 8, 1024),
+           "seed": _int(node.get("seed", 0), node.at("seed"), 0), "root": root,
+           "tasks": list(tasks)}
+    for split, default in (("train", 512), ("val", 128), ("test", 128)):
+        out[split] = _int(node.get(split, default), node.at(split), 1)
+    return out
+
+
+def _layouts(raw: Any, path: str, num_tasks: int) -> tuple[str, ...]:
+    if raw == "all":
+        return tuple(str(lay) for lay in enumerate_layouts(num_tasks, NUM_BLOCKS))
+    items = _list(raw, path)
+    out = [_layout(item, f"{path}[{i}]", num_tasks) for i, item in enumerate(items)]
+    _unique(out, path)
+    return tuple(out)
+
+
+def _layout(item: Any, path: str, num_tasks: int) -> str:
+    """An int is a branch point k (share blocks < k); a string is a canonical Layout."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        _int(item, path, 0, NUM_BLOCKS)
+        return str(Layout.branch_point(item, num_tasks, NUM_BLOCKS))
+    if not isinstance(item, str):
+        _fail(path, f"expected a branch point 0..{NUM_BLOCKS}, a layout string like "
+              f"'0+1+2|0+1+2|0,1+2|0,1,2|0,1,2' or 'all', got {item!r}")
+    try:
+        layout = Layout.parse(item)
+    except ValueError as err:
+        raise SpecError(f"{path}: {err}") from None
+    if layout.num_tasks != num_tasks or layout.num_blocks != NUM_BLOCKS:
+        _fail(path, f"layout {item!r} has {layout.num_tasks} tasks and {layout.num_blocks} "
+              f"blocks; allowed: {num_tasks} tasks (as in `tasks`) and {NUM_BLOCKS} blocks")
+    return str(layout)
+
+
+TRAIN_KEYS = ("epochs", "keep_epochs", "batch_size", "optimizer", "lr", "momentum",
+              "weight_decay", "milestones", "gamma", "rho", "sam_shared_only", "seeds",
+              "loss_weights")
+
+
+def _training(raw: Any) -> tuple[dict, tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
+    node = _Node(raw, "training", TRAIN_KEYS)
+    epochs = _int(node.require("epochs"), node.at("epochs"), 1, 10_000)
+    keep = _list(node.get("keep_epochs", [epochs]), node.at("keep_epochs"))
+    for i, k in enumerate(keep):
+        _int(k, f"training.keep_epochs[{i}]", 1, epochs)
+    _unique(keep, node.at("keep_epochs"))
+    milestones = _list(node.get("milestones", []), node.at("milestones"), nonempty=False)
+    for i, m in enumerate(milestones):
+        _int(m, f"training.milestones[{i}]", 1, epochs)
+    optimizers = _list(node.get("optimizer", "sgd"), node.at("optimizer"))
+    for i, o in enumerate(optimizers):
+        _choice(o, f"training.optimizer[{i}]", OPTIMIZERS, "optimizer")
+    _unique(optimizers, node.at("optimizer"))
+    rhos = [_float(r, f"training.rho[{i}]", 0.0)
+            for i, r in enumerate(_list(node.get("rho", 0.0), node.at("rho")))]
+    _unique(rhos, node.at("rho"))
+    seeds = [_int(s, f"training.seeds[{i}]", 0)
+             for i, s in enumerate(_list(node.get("seeds", 0), node.at("seeds")))]
+    _unique(seeds, node.at("seeds"))
+    weights = node.get("loss_weights", {}) or {}
+    if not isinstance(weights, dict):
+        _fail(node.at("loss_weights"), f"expected a mapping task -> weight, got {weights!r}")
+    for task, w in weights.items():
+        _float(w, f"training.loss_weights.{task}", 0.0)
+    training = {
+        "epochs": epochs, "keep_epochs": sorted(keep),
+        "batch_size": _int(node.get("batch_size", 32), node.at("batch_size"), 1),
+        "lr": _float(node.get("lr", 0.05), node.at("lr"), 0.0, lo_open=True),
+        "momentum": _float(node.get("momentum", 0.9), node.at("momentum"), 0.0, 1.0),
+        "weight_decay": _float(node.get("weight_decay", 5e-4), node.at("weight_decay"), 0.0),
+        "milestones": sorted(milestones),
+        "gamma": _float(node.get("gamma", 0.1), node.at("gamma"), 0.0, 1.0, lo_open=True),
+        "sam_shared_only": _bool(node.get("sam_shared_only", False), node.at("sam_shared_only")),
+        "loss_weights": {str(k): float(v) for k, v in weights.items()},
+    }
+    return training, tuple(optimizers), tuple(rhos), tuple(seeds)
+
+
+ADV_KEYS = ("objective", "method", "eps", "steps", "mix", "clean_weight", "options")
+
+
+def _adv(raw: Any, path: str, tasks: tuple[str, ...]) -> dict | None:
+    if raw == "none" or raw is None:
+        return None
+    node = _Node(raw, path, ADV_KEYS)
+    objective = node.get("objective", "total")
+    if not (isinstance(objective, str) and objective.startswith("single:")):
+        _choice(objective, node.at("objective"), ("total", "dgba"), "objective")
+    else:
+        _choice(objective[len("single:"):], node.at("objective"), tasks, "task in single:<task>")
+    method = _choice(node.get("method", "pgd"), node.at("method"), ADV_METHODS, "method")
+    steps = _int(node.get("steps", 1 if method == "fgsm" else 10), node.at("steps"), 1, 1000)
+    if method == "fgsm" and steps != 1:
+        _fail(node.at("steps"), f"fgsm takes exactly 1 step, got {steps}; allowed: 1")
+    return {"objective": objective, "method": method,
+            "eps": _float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0, lo_open=True),
+            "steps": steps,
+            "mix": _choice(node.get("mix", "alternate"), node.at("mix"), ADV_MIX, "mix"),
+            "clean_weight": _float(node.get("clean_weight", 0.5), node.at("clean_weight"),
+                                   0.0, 1.0),
+            "options": _options(node.get("options", {}), node.at("options"))}
+
+
+def _options(raw: Any, path: str) -> dict:
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+        _fail(path, f"expected a mapping of attack options (name -> value), got {raw!r}")
+    return dict(raw)
+
+
+def adv_label(adv: dict | None) -> str:
+    """The results' ``adv_train`` value: ``none`` or e.g. ``dgba-pgd-eps8-k10-alternate``."""
+    if adv is None:
+        return "none"
+    mix = adv["mix"] if adv["mix"] == "alternate" else f"weighted{adv['clean_weight']:g}"
+    return (f"{adv['objective'].replace(':', '=')}-{adv['method']}-eps{adv['eps']:g}"
+            f"-k{adv['steps']}-{mix}")
+
+
+def _sharpness(raw: Any) -> dict | None:
+    """`sharpness`: SharpnessConfig fields (mtl.train.sharpness); null = not measured."""
+    if raw is None or raw is False:
+        return None
+    from mtl.train import SharpnessConfig
+    keys = tuple(f.name for f in dataclasses.fields(SharpnessConfig))
+    node = _Node(raw, "sharpness", keys)
+    try:
+        return SharpnessConfig.from_dict(node.value).to_dict()
+    except (TypeError, ValueError) as err:
+        text = str(err)
+        raise SpecError(text if text.startswith("sharpness") else f"sharpness: {text}") from None
+
+
+ATTACK_KEYS = ("methods", "objectives", "eps", "steps", "eval_samples", "batch_size", "options")
+
+
+def _attacks(raw: Any, tasks: tuple[str, ...]) -> dict:
+    node = _Node(raw, "attacks", ATTACK_KEYS)
+    methods = _list(node.require("methods"), node.at("methods"))
+    for i, m in enumerate(methods):
+        _choice(m, f"attacks.methods[{i}]", METHODS, "method")
+    _unique(methods, node.at("methods"))
+    objectives: list[str] = []
+    for i, o in enumerate(_list(node.require("objectives"), node.at("objectives"))):
+        path = f"attacks.objectives[{i}]"
+        if o == "single":
+            objectives += [f"single:{t}" for t in tasks]
+        elif isinstance(o, str) and o.startswith("single:"):
+            _choice(o[len("single:"):], path, tasks, "task in single:<task>")
+            objectives.append(o)
+        else:
+            _choice(o, path, OBJECTIVES, "objective")
+            objectives.append(o)
+    _unique(objectives, node.at("objectives"))
+    eps = [_float(e, f"attacks.eps[{i}]", 0.0, 255.0, lo_open=True)
+           for i, e in enumerate(_list(node.require("eps"), node.at("eps")))]
+    _unique(eps, node.at("eps"))
+    steps = _int(node.get("steps", 10), node.at("steps"), 1, 10_000)
+    options = _options(node.get("options", {}), node.at("options"))
+    specs = [{"method": m, "objective": o, "eps": e, "steps": 1 if m == "fgsm" else steps,
+              "options": dict(options)} for m in methods for o in objectives for e in eps]
+    _check_attack_specs(specs, "attacks")
+    return {"specs": specs,
+            "eval_samples": _int(node.get("eval_samples", 64), node.at("eval_samples"), 1),
+            "batch_size": _int(node.get("batch_size", 32), node.at("batch_size"), 1)}
+
+
+def _check_attack_specs(specs: list[dict], path: str) -> None:
+    """Let mtl.attacks veto what this module cannot know (e.g. unknown option keys)."""
+    from mtl.attacks import AttackSpec
+    for spec in specs:
+        try:
+            AttackSpec(**spec).validate()
+        except ValueError as err:
+            raise SpecError(f"{path}: {err}") from None
+
+
+def _cross_task(raw: Any) -> dict | None:
+    if raw is False or raw is None:
+        return None
+    if raw is True:
+        raw = {}
+    node = _Node(raw, "cross_task", ("method", "eps", "steps"))
+    method = _choice(node.get("method", "fgsm"), node.at("method"), METHODS, "method")
+    out = {"method": method, "eps": _float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0,
+                                            lo_open=True),
+           "steps": 1 if method == "fgsm" else _int(node.get("steps", 10), node.at("steps"), 1)}
+    _check_attack_specs([{"method": method, "objective": "total", "eps": out["eps"],
+                          "steps": out["steps"], "options": {}}], "cross_task")
+    return out
+
+
+TARGET_KEYS = ("layout", "seed", "adv_train", "rho", "optimizer", "epochs")
+
+
+def _targets(raw: Any, spec: SweepSpec) -> tuple[dict, ...]:
+    """`transfer.targets`: target model configs; a list value in an entry expands to the
+    product (``{layout: [1, 4], seed: [1, 2]}`` = four targets)."""
+    if raw is None:
+        return ()
+    node = _Node(raw, "transfer", ("targets",))
+    out: list[dict] = []
+    for i, entry in enumerate(_list(node.get("targets", []), "transfer.targets", False)):
+        path = f"transfer.targets[{i}]"
+        e = _Node(entry, path, TARGET_KEYS)
+        layouts = [_layout(x, f"{path}.layout", len(spec.tasks))
+                   for x in _list(e.get("layout", NUM_BLOCKS), f"{path}.layout")]
+        seeds = [_int(s, f"{path}.seed", 0) for s in _list(e.get("seed", 0), f"{path}.seed")]
+        advs = [_adv(a, f"{path}.adv_train", spec.tasks)
+                for a in _list(e.get("adv_train", "none"), f"{path}.adv_train")]
+        rhos = [_float(r, f"{path}.rho", 0.0) for r in _list(e.get("rho", 0.0), f"{path}.rho")]
+        opt = _choice(e.get("optimizer", spec.optimizers[0]), f"{path}.optimizer", OPTIMIZERS,
+                      "optimizer")
+        epochs = _int(e.get("epochs", spec.training["epochs"]), f"{path}.epochs", 1, 10_000)
+        for layout in layouts:
+            for seed in seeds:
+                for adv in advs:
+                    for rho in rhos:
+                        train = trial_train_config(
+                            {**spec.training, "keep_epochs": [epochs]}, None, epochs=epochs,
+                            optimizer=opt, rho=rho, seed=seed, adv=adv)
+                        _check_train_config(train, path)
+                        config = model_config(spec, layout, train)
+                        label = (f"{_layout_label(layout)}-s{seed}-{adv_label(adv)}-rho{rho:g}"
+                                 f"-{opt}-e{epochs}")
+                        out.append({"id": config_hash(config), "label": label,
+                                    "config": config})
+    ids = [t["id"] for t in out]
+    _unique(ids, "transfer.targets")
+    return tuple(out)
+
+
+def _layout_label(layout: str) -> str:
+    k = Layout.parse(layout).branch_point_of()
+    return f"bp{k}" if k is not None else layout
+
+
+def model_config(spec: SweepSpec, layout: str, train: dict) -> dict:
+    """The full training config of one model (what the model store hashes)."""
+    return {"dataset": {k: v for k, v in spec.dataset.items() if k not in ("val", "test")},
+            "model": {"layout": layout, "tasks": list(spec.tasks), "width": spec.width},
+            "train": train}
+
+
+def _check_train_config(train: dict, path: str) -> None:
+    from mtl.train import TrainConfig
+    try:
+        TrainConfig.from_dict(train).validate()
+    except (ValueError, TypeError) as err:
+        raise SpecError(f"{path}: {err}") from None
+
+
+def _resources(raw: Any) -> dict:
+    node = _Node(raw, "resources", ("cpu", "gpu", "custom"))
+    cpu = _float(node.get("cpu", 1), node.at("cpu"), 0.0, lo_open=True)
+    gpu = _float(node.get("gpu", 0), node.at("gpu"), 0.0)
+    if gpu > 1 and not gpu.is_integer():
+        _fail(node.at("gpu"), f"{gpu:g}: a share of one GPU must be <= 1; above 1, whole GPUs")
+    custom = node.get("custom", {}) or {}
+    if not isinstance(custom, dict):
+        _fail(node.at("custom"), f"expected a mapping resource -> amount, got {custom!r}")
+    for key, amount in custom.items():
+        if not isinstance(key, str) or key.upper() in ("CPU", "GPU"):
+            _fail(f"resources.custom.{key}", "use resources.cpu / resources.gpu for CPU and GPU")
+        _float(amount, f"resources.custom.{key}", 0.0, lo_open=True)
+    return {"cpu": cpu, "gpu": gpu, "custom": {k: float(v) for k, v in custom.items()}}
+
+
+def _search(raw: Any, epochs: int) -> dict:
+    node = _Node(raw, "search", ("mode", "num_samples", "metric", "goal", "space", "scheduler",
+                                 "seed"))
+    mode = _choice(node.get("mode", "grid"), node.at("mode"), SEARCH_MODES, "search mode")
+    if mode == "grid":
+        extra = sorted(set(node.value) - {"mode"})
+        if extra:
+            _fail(node.at(extra[0]), "only used with search.mode: random")
+        return {"mode": "grid"}
+    space_node = _Node(node.require("space"), node.at("space"), tuple(SEARCH_PARAMS))
+    if not space_node.value:
+        _fail(node.at("space"), f"expected at least one of {_show(SEARCH_PARAMS)}")
+    space = {}
+    for param, dist_raw in space_node.value.items():
+        path = space_node.at(param)
+        dist = _Node(dist_raw, path, SEARCH_PARAMS[param])
+        if len(dist.value) != 1:
+            _fail(path, f"expected exactly one distribution; allowed: "
+                  f"{_show(SEARCH_PARAMS[param])}")
+        (kind, args), = dist.value.items()
+        args = _list(args, dist.at(kind))
+        lo = 1 if param == "epochs" else 0.0
+        check = ((lambda v, p: _int(v, p, lo, 10_000)) if param == "epochs"
+                 else (lambda v, p: _float(v, p, lo, lo_open=(kind == "loguniform"))))
+        values = [check(v, f"{dist.at(kind)}[{i}]") for i, v in enumerate(args)]
+        if kind != "choice" and (len(values) != 2 or values[0] > values[1]):
+            _fail(dist.at(kind), f"expected [low, high] with low <= high, got {args!r}")
+        space[param] = {"kind": kind, "values": values}
+    sched_node = _Node(node.get("scheduler", {"name": "none"}), node.at("scheduler"),
+                       ("name", "metric", "goal", "grace_period", "reduction_factor"))
+    scheduler = {"name": _choice(sched_node.get("name", "none"), sched_node.at("name"),
+                                 SCHEDULERS, "scheduler")}
+    if scheduler["name"] == "asha":
+        scheduler.update(
+            metric=_choice(sched_node.get("metric", "train_loss"), sched_node.at("metric"),
+                           ("train_loss",), "per-epoch metric"),
+            goal=_choice(sched_node.get("goal", "min"), sched_node.at("goal"), ("min", "max"),
+                         "goal"),
+            grace_period=_int(sched_node.get("grace_period", 1), sched_node.at("grace_period"),
+                              1, epochs),
+            reduction_factor=_float(sched_node.get("reduction_factor", 2),
+                                    sched_node.at("reduction_factor"), 1.0, lo_open=True))
+    return {"mode": mode,
+            "num_samples": _int(node.get("num_samples", 4), node.at("num_samples"), 1),
+            "metric": _choice(node.require("metric"), node.at("metric"), FINAL_METRICS,
+                              "metric"),
+            "goal": _choice(node.get("goal", "max"), node.at("goal"), ("min", "max"), "goal"),
+            "space": space, "scheduler": scheduler,
+            "seed": _int(node.get("seed", 0), node.at("seed"), 0)}
+
+
+def describe(spec: SweepSpec) -> str:
+    """A one-line summary printed before a sweep starts."""
+    n = spec.num_grid_trials()
+    s = spec.search
+    mode = (f"grid of {n} trials" if s["mode"] == "grid" else
+            f"{s['mode']} search: {s['num_samples']} samples x {n} grid points, "
+            f"{s['goal']} {s['metric']}")
+    return (f"sweep {spec.name!r}: {mode} ({len(spec.layouts)} layouts x {len(spec.adv_train)} "
+            f"AT x {len(spec.optimizers)} optimisers x {len(spec.rhos)} rho x {len(spec.seeds)} "
+            f"seeds); {len(spec.attacks['specs'])} attacks; {len(spec.targets)} transfer "
+            f"targets; per trial {json.dumps(spec.resource_request())}")

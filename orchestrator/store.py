@@ -1,0 +1,77 @@
+"""The orchestrator's view of the model store and of per-trial run records.
+
+Models live in ``<storage>/models/<hash>/`` (mtl.train.zoo: checkpoints, config.json, COMPLETE,
+an fcntl lock per hash). The store needs a POSIX filesystem every trial can reach: a local
+directory for one machine, a shared filesystem (NFS, Lustre, EFS, ...) mounted at the same path
+on every node of a cluster. When results go to an object store (``s3://...``), give the sweep a
+``store.path`` on a shared filesystem; without one the sweep is refused up front.
+
+Attempt numbers are counted per trial under ``<storage>/<sweep>/attempts/<trial_id>`` (one
+marker per attempt, through pyarrow's filesystems, so URIs work too): the results record which
+attempt wrote them.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import torch
+
+from mtl.train import zoo
+
+
+def _local_path(storage: str) -> str | None:
+    """The local path of ``storage`` (a path or file:// URI), or None for a remote URI."""
+    if "://" not in storage:
+        return os.path.abspath(storage)
+    fs, inner = pafs.FileSystem.from_uri(storage)
+    return inner if isinstance(fs, pafs.LocalFileSystem) else None
+
+
+def model_store_dir(storage: str, store_path: str | None = None) -> str:
+    """Where the sweep's models live: ``store_path`` if given, else ``<storage>/models``."""
+    if store_path is not None:
+        return os.path.abspath(store_path)
+    local = _local_path(storage)
+    if local is None:
+        raise ValueError(f"store.path: storage {storage!r} is not a local or shared filesystem, "
+                         "so the model store cannot live under it; set store.path in the sweep "
+                         "to a directory on a filesystem every node mounts")
+    return os.path.join(local, "models")
+
+
+def load_targets(targets: Sequence[Mapping], store_dir: str, device: torch.device
+                 ) -> dict[str, torch.nn.Module]:
+    """Train (once, under the store's locks) or reuse every transfer target; target id ->
+    model in eval mode on ``device``, at its last kept epoch."""
+    entries = zoo.ensure_models([t["config"] for t in targets], store_dir, device=device)
+    return {t["id"]: zoo.load_model(entries[t["id"]], device=device)[0] for t in targets}
+
+
+def find_surrogate(config: Mapping, store_dir: str) -> Path | None:
+    """A complete store entry with this trial's training config, if an earlier trial left one."""
+    return zoo.find_model(config, store_dir)
+
+
+def publish_surrogate(config: Mapping, checkpoint_dir: str, store_dir: str) -> Path:
+    """Offer a trial's kept checkpoints to later trials with the same training config."""
+    return zoo.publish_model(config, checkpoint_dir, store_dir)
+
+
+def next_attempt(storage: str, sweep: str, trial_id: str) -> int:
+    """Record one more attempt of ``trial_id`` and return its number (1 for the first)."""
+    local = _local_path(storage)
+    if local is not None:
+        fs, root = pafs.LocalFileSystem(), local
+    else:
+        fs, root = pafs.FileSystem.from_uri(storage)
+    directory = f"{root.rstrip('/')}/{sweep}/attempts/{trial_id}"
+    fs.create_dir(directory, recursive=True)
+    seen = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    attempt = len([f for f in seen if f.type == pafs.FileType.File]) + 1
+    with fs.open_output_stream(f"{directory}/{attempt:04d}-{uuid.uuid4().hex[:8]}"):
+        pass
+    return attempt

@@ -1,0 +1,223 @@
+"""Run, resume and describe a sweep with Ray Tune.
+
+`run_sweep` validates the spec against the live cluster (before any trial: a GPU request on a
+GPU-less cluster would otherwise stay PENDING forever), then runs a `Tuner` over
+`param_space(spec)` with ``tune.with_resources`` (fractional CPU/GPU), ``reuse_actors``,
+``max_concurrent_trials`` and ``FailureConfig(max_failures)``. The experiment directory is
+``<storage>/<sweep>/``: Tune's own state plus ``sweep.json`` (the validated spec, so `resume`
+needs only the directory) and ``results/`` (the parquet record; Tune's result.json is not).
+`resume_sweep` restores with ``Tuner.restore(..., resume_errored=True)``: finished trials are
+not rerun, interrupted ones continue from their last epoch checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.spec import SpecError, SweepSpec, parse_spec
+from orchestrator.store import model_store_dir
+
+SPEC_FILE = "sweep.json"
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished (or resumed) sweep left behind."""
+
+    experiment_dir: str
+    results_dir: str
+    trials: int
+    errored: int
+    best: dict[str, Any] | None = None  # search sweeps: the best trial's config and metric
+
+
+def param_space(spec: SweepSpec, storage: str, store_dir: str) -> dict:
+    """Tune's param space: ``base`` (what no axis changes), one grid axis per sweep axis (a
+    search sweep's searched parameters become Tune distributions) and the ``run`` paths."""
+    from ray import tune
+    from orchestrator.trial import sweep_base
+    space: dict[str, Any] = {"base": sweep_base(spec)}
+    axes = {"layout": spec.layouts, "adv": spec.adv_train, "optimizer": spec.optimizers,
+            "rho": spec.rhos, "seed": spec.seeds}
+    for axis, values in axes.items():
+        space[axis] = tune.grid_search(list(values))
+    space["epochs"] = spec.training["epochs"]
+    for param, dist in spec.search.get("space", {}).items():
+        kind, v = dist["kind"], dist["values"]
+        space[param] = (tune.uniform(*v) if kind == "uniform" else
+                        tune.loguniform(*v) if kind == "loguniform" else
+                        tune.randint(v[0], v[1] + 1) if kind == "randint" else  # inclusive
+                        tune.choice(v))
+    space["run"] = {"storage": storage, "store_dir": store_dir}
+    return space
+
+
+def init_ray(address: str | None = None) -> bool:
+    """Connect to ``address`` or start a local Ray with every core; False if already up."""
+    import ray
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def check_cluster(spec: SweepSpec) -> None:
+    """Fail before any trial when one trial's request cannot be met: more than the cluster
+    has in total (e.g. ``gpu: 0.25`` without GPUs) or more than any single alive node has."""
+    import ray
+    from orchestrator.devices import check_resources
+    request = spec.resource_request()
+    try:
+        check_resources(request, ray.cluster_resources())
+    except ValueError as err:
+        raise SpecError(f"resources.{err}") from None
+    need = {{"cpu": "CPU", "gpu": "GPU"}.get(k, k): v for k, v in request.items() if v > 0}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if nodes and not any(all(n.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+                         for n in nodes):
+        have = "; ".join(", ".join(f"{k}={n.get(k, 0):g}" for k in need) for n in nodes)
+        raise SpecError(f"resources: one trial needs {need} on a single node, but no node has "
+                        f"that (alive nodes: {have})")
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial-{trial.trial_id}"
+
+
+def _tuner_parts(spec: SweepSpec) -> tuple[Any, Any, Any]:
+    """(trainable with resources, TuneConfig, RunConfig) for ``spec``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from orchestrator.trial import tune_trainable
+    trainable = tune.with_resources(tune_trainable, spec.resource_request())
+    search = spec.search
+    kwargs: dict[str, Any] = {"reuse_actors": True, "trial_dirname_creator": _trial_dirname,
+                              "max_concurrent_trials": spec.max_concurrent or None}
+    if search["mode"] == "random":
+        kwargs["num_samples"] = search["num_samples"]
+        kwargs["search_alg"] = BasicVariantGenerator(random_state=search["seed"])
+        sched = search["scheduler"]
+        if sched["name"] == "asha":
+            epochs = max([spec.training["epochs"]]
+                         + search["space"].get("epochs", {}).get("values", []))
+            kwargs["scheduler"] = ASHAScheduler(
+                metric=sched["metric"], mode=sched["goal"], max_t=epochs + 1,
+                grace_period=sched["grace_period"], reduction_factor=sched["reduction_factor"])
+    run_config = tune.RunConfig(
+        name=spec.name, storage_path=_storage_uri(spec.storage),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
+    return trainable, tune.TuneConfig(**kwargs), run_config
+
+
+def _storage_uri(storage: str) -> str:
+    return storage if "://" in storage else os.path.abspath(storage)
+
+
+def _experiment_dir(storage: str, name: str) -> str:
+    return f"{_storage_uri(storage).rstrip('/')}/{name}"
+
+
+def run_sweep(spec: SweepSpec, *, storage: str | None = None, address: str | None = None,
+              resume: bool = False) -> SweepOutcome:
+    """Run ``spec`` to the end (``resume``: continue an interrupted run of it instead)."""
+    from ray import tune
+    storage = storage or spec.storage or "runs"
+    spec = dataclasses.replace(spec, storage=storage)
+    store_dir = model_store_dir(storage, spec.store_path)
+    started = init_ray(address)
+    try:
+        check_cluster(spec)
+        exp_dir = _experiment_dir(storage, spec.name)
+        if resume and tune.Tuner.can_restore(exp_dir):
+            trainable, _, _ = _tuner_parts(spec)
+            tuner = tune.Tuner.restore(exp_dir, trainable, resume_errored=True)
+            print(f"mtlsweep: resuming {exp_dir}", file=sys.stderr)
+        else:
+            if resume:  # killed before Tune saved any state: nothing to keep, start over
+                print(f"mtlsweep: no saved Tune state in {exp_dir}; starting the sweep",
+                      file=sys.stderr)
+            _save_spec(spec, exp_dir)
+            trainable, tune_config, run_config = _tuner_parts(spec)
+            tuner = tune.Tuner(trainable, param_space=param_space(spec, storage, store_dir),
+                               tune_config=tune_config, run_config=run_config)
+        grid = tuner.fit()
+    finally:
+        if started:
+            import ray
+            ray.shutdown()
+    return _outcome(spec, exp_dir, grid)
+
+
+def resume_sweep(experiment_dir: str, *, address: str | None = None) -> SweepOutcome:
+    """Resume the sweep whose experiment directory (``<storage>/<sweep>``) is given."""
+    spec = load_saved_spec(experiment_dir)
+    storage = _parent(experiment_dir)
+    return run_sweep(spec, storage=storage, address=address, resume=True)
+
+
+def _parent(path: str) -> str:
+    path = path.rstrip("/")
+    return path.rsplit("/", 1)[0] if "://" in path else str(Path(path).resolve().parent)
+
+
+def _save_spec(spec: SweepSpec, exp_dir: str) -> None:
+    from orchestrator.results import _resolve
+    fs, root = _resolve(exp_dir)
+    text = json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True)
+    if fs is None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / SPEC_FILE).write_text(text)
+    else:
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{SPEC_FILE}") as out:
+            out.write(text.encode())
+
+
+def load_saved_spec(experiment_dir: str) -> SweepSpec:
+    """The spec a sweep was started with (``<experiment_dir>/sweep.json``)."""
+    from orchestrator.results import _resolve
+    fs, root = _resolve(experiment_dir)
+    path = f"{root.rstrip('/')}/{SPEC_FILE}"
+    try:
+        if fs is None:
+            text = Path(path).read_text()
+        else:
+            with fs.open_input_stream(path) as src:
+                text = src.read().decode()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{experiment_dir!r} is not a sweep directory (no {SPEC_FILE}); "
+                                "give <storage>/<sweep> of a sweep started by `mtlsweep run`"
+                                ) from None
+    data = json.loads(text)
+    fields = {f.name for f in dataclasses.fields(SweepSpec)}
+    tuples = {f.name for f in dataclasses.fields(SweepSpec) if "tuple" in str(f.type)}
+    return SweepSpec(**{k: tuple(v) if k in tuples else v for k, v in data.items()
+                        if k in fields})
+
+
+def _outcome(spec: SweepSpec, exp_dir: str, grid: Any) -> SweepOutcome:
+    errored = [r for r in grid if r.error is not None]
+    for result in errored:
+        print(f"mtlsweep: trial failed after {spec.max_failures} retries: {result.error}",
+              file=sys.stderr)
+    best = None
+    if spec.search["mode"] != "grid":
+        metric, goal = spec.search["metric"], spec.search["goal"]
+        scored = [r for r in grid if r.metrics and r.metrics.get(metric) is not None]
+        if scored:
+            pick = (max if goal == "max" else min)(scored, key=lambda r: r.metrics[metric])
+            best = {"metric": metric, "value": pick.metrics[metric],
+                    "rho": pick.config.get("rho"), "epochs": pick.config.get("epochs"),
+                    "layout": pick.config.get("layout"), "seed": pick.config.get("seed")}
+    return SweepOutcome(experiment_dir=exp_dir, results_dir=f"{exp_dir}/results",
+                        trials=len(grid), errored=len(errored), best=best)
