@@ -51,11 +51,12 @@ def segmentation_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) 
 
 
 def normal_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Per-sample mean of 1 - cos(normalise(pred), target) over pixels with a non-zero target."""
+    """Per-sample mean of 1 - cos(normalise(pred), target) over non-zero, finite targets."""
     _check_pair("normal", pred, target, 3)
-    valid = (target.abs().sum(dim=1) > 0) & broadcast_mask(
+    valid = (target.abs().sum(dim=1) > 0) & torch.isfinite(target).all(dim=1) & broadcast_mask(
         mask, (target.shape[0], *target.shape[2:]), pred.device, "normal_mask")
-    cos = (F.normalize(pred, dim=1) * F.normalize(target.to(pred.dtype), dim=1)).sum(dim=1)
+    target = torch.where(valid[:, None], target.to(pred.dtype), 0.0)  # no NaN into gradients
+    cos = (F.normalize(pred, dim=1) * F.normalize(target, dim=1)).sum(dim=1)
     return _masked_mean(1.0 - cos, valid)
 
 
@@ -64,7 +65,8 @@ def _l1_loss(task: str) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
         _check_pair(task, pred, target, 1)
         valid = broadcast_mask(mask, (target.shape[0], *target.shape[2:]), pred.device,
                                f"{task}_mask")
-        return _masked_mean((pred - target.to(pred.dtype)).abs().mean(dim=1), valid)
+        safe = torch.where(valid[:, None], target.to(pred.dtype), 0.0)  # no NaN into gradients
+        return _masked_mean((pred - safe).abs().mean(dim=1), valid)
     loss.__doc__ = f"Per-sample masked L1 for {task} (everywhere valid without a mask)."
     return loss
 

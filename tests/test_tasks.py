@@ -73,14 +73,23 @@ def test_normal_loss_is_one_minus_cosine_and_scale_invariant() -> None:
     pred = torch.tensor([0.0, 5.0, -5.0]).reshape(1, 3, 1, 1)  # 45 degrees away
     loss = get_task("normal").loss(pred, target)
     assert loss.item() == pytest.approx(1 - math.cos(math.pi / 4), rel=1e-6)
+    # a non-finite target pixel is invalid: no NaN in the loss or the gradient
+    pred2 = torch.cat([pred, pred], dim=3).requires_grad_()
+    target2 = torch.cat([target, torch.full_like(target, float("nan"))], dim=3)
+    loss2 = get_task("normal").loss(pred2, target2)
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
+    loss2.sum().backward()
+    assert torch.isfinite(pred2.grad).all() and pred2.grad[..., 1].abs().sum() == 0
 
 
 def test_depth_loss_masked_l1_and_unmasked_everywhere() -> None:
-    pred = torch.tensor([[[[1.0, 2.0, 3.0]]]])
+    pred = torch.tensor([[[[1.0, 2.0, 3.0]]]], requires_grad=True)
     target = torch.tensor([[[[1.5, 2.0, float("nan")]]]])
     mask = torch.tensor([[[[True, True, False]]]])
     loss = get_task("depth_zbuffer").loss(pred, target, mask)
     assert loss.item() == pytest.approx(0.25)  # NaN under mask False never leaks
+    loss.sum().backward()
+    assert pred.grad.tolist() == [[[[-0.5, 0.0, 0.0]]]]
     assert get_task("depth_zbuffer").loss(pred[..., :2], target[..., :2]).item() \
         == pytest.approx(0.25)
 
