@@ -100,7 +100,7 @@ class Task:
 
     def new_metric(self, num_channels: int | None = None) -> Metric:
         """A fresh accumulator; `num_channels` is the class count for classification tasks."""
-        return self._metric(channels(self.name, num_channels))
+        return self._metric(_channels(self.name, num_channels))
 
 
 def _new_seg(c: int) -> Metric:
@@ -130,7 +130,7 @@ def get_task(name: str) -> Task:
     return _REGISTRY[name]
 
 
-def channels(name: str, num_channels: int | None = None) -> int:
+def _channels(name: str, num_channels: int | None = None) -> int:
     """Output channels for `name`: the fixed count of a regression task, or the given class count.
 
     Classification tasks have no universal class count, so `num_channels` is required for them
@@ -151,7 +151,7 @@ def channels(name: str, num_channels: int | None = None) -> int:
 
 def default_channels(name: str, num_classes: int | None = None) -> int:
     """1 for depth/edges/keypoints, 3 for normals; the given class count for classification."""
-    return channels(name, num_classes)
+    return _channels(name, num_classes)
 
 
 def task_loss(name: str, pred: Tensor, batch: Mapping[str, Tensor]) -> Tensor:

@@ -242,6 +242,9 @@ def test_taskonomy_split_subset_resize_and_get_dataset(tmp_path: Path) -> None:
         Taskonomy(tmp_path, split="val")
     with pytest.raises(ValueError, match="allowed"):
         Taskonomy(tmp_path, tasks=["scene_class"])
+    (tmp_path / "only_rgb" / "rgb").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no task folder"):
+        Taskonomy(tmp_path / "only_rgb")
 
 
 @pytest.mark.parametrize("breakage, match", [
