@@ -92,6 +92,26 @@ def _is_adversarial() -> pl.Expr:
     return ~pl.col("adv_train").fill_null("none").str.to_lowercase().is_in(_NOT_ADVERSARIAL)
 
 
+def _trials() -> pl.Expr:
+    """Number of distinct trials (trial ids are unique within a sweep only)."""
+    return pl.struct(TRIAL).n_unique().alias("trials")
+
+
+def eps_label() -> pl.Expr:
+    """ε as a short label: 4.0 -> "4", 0.5 -> "0.5"."""
+    return pl.col("eps").round(3).cast(pl.String).str.strip_suffix(".0")
+
+
+def objective_rank() -> pl.Expr:
+    """Sort key: DGBA, total, SignSum, minmax, then single-task objectives, then the rest."""
+    o = pl.col("objective")
+    rank = pl.when(o.str.starts_with("single")).then(pl.lit(10, pl.Int32)).otherwise(
+        pl.lit(20, pl.Int32))
+    for i, name in enumerate(OBJECTIVE_PREFERENCE):
+        rank = pl.when(o == name).then(pl.lit(i, pl.Int32)).otherwise(rank)
+    return rank
+
+
 def _latest_attempt(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.filter(pl.col("attempt") == pl.col("attempt").max().over(TRIAL))
 
@@ -155,9 +175,9 @@ def delta_by_objective(t: Tables) -> pl.DataFrame:
             .filter(pl.col("task") == "mean")
             .group_by(keys).agg(pl.col("rel_change").mean().alias("delta"),
                                 pl.col("rel_change").std().alias("delta_std"),
-                                pl.col("trial_id").n_unique().alias("trials"))
-            .sort(["sharing", "layout", "regime", "attack_method", "objective", "eps"],
-                  nulls_last=True)
+                                _trials())
+            .sort([pl.col("sharing"), "layout", "regime", "attack_method", objective_rank(),
+                   "objective", "eps"], nulls_last=True)
             .collect())
 
 
@@ -175,19 +195,15 @@ def summary(t: Tables) -> pl.DataFrame:
     rows = (final_epoch(_finite_delta(t.measurements, "whitebox"))
             .filter(pl.col("task") == "mean").with_columns(objective_family().alias("objective"))
             .group_by(["objective", "eps"]).agg(pl.col("rel_change").mean().alias("delta"),
-                                                 pl.col("trial_id").n_unique().alias("trials"))
+                                                 _trials())
             .collect())
     if rows.is_empty():
         return pl.DataFrame(schema={"objective": pl.String, "trials": pl.UInt32})
-    order = {o: i for i, o in enumerate(OBJECTIVE_PREFERENCE + ("single",))}
-    wide = (rows.sort("eps").with_columns(pl.format("Δ ε={}", pl.col("eps").round(3)).alias("col"))
+    wide = (rows.sort("eps").with_columns(pl.format("Δ ε={}", eps_label()).alias("col"))
             .pivot(on="col", index="objective", values="delta"))
     trials = rows.group_by("objective").agg(pl.col("trials").max())
-    return (wide.join(trials, on="objective")
-            .with_columns(pl.col("objective").replace_strict(order, default=99,
-                                                             return_dtype=pl.Int64).alias("_o"))
-            .sort(["_o", "objective"]).drop("_o").select("objective", "trials", pl.exclude(
-                "objective", "trials")))
+    return (wide.join(trials, on="objective").sort(objective_rank(), "objective")
+            .select("objective", "trials", pl.exclude("objective", "trials")))
 
 
 # --- 2. accuracy vs sharing ---------------------------------------------------------------------
@@ -249,8 +265,8 @@ def tradeoff(t: Tables) -> tuple[pl.DataFrame, Attack | None]:
         standard = t.measurements
     base = Tables(standard, t.epochs, t.timings)
     keys = ["layout", "branch_point", "sharing"]
-    layouts = standard.select(keys + ["trial_id"]).group_by(keys).agg(
-        pl.col("trial_id").n_unique().alias("trials")).collect()
+    layouts = standard.select(keys + TRIAL).group_by(keys).agg(
+        _trials()).collect()
     white = final_epoch(_finite_delta(standard, "whitebox")).filter(pl.col("task") == "mean")
     attack = reference_attack(white.select("attack_method", "objective", "eps").collect())
     out = layouts.join(clean_metrics(base, keys), on=keys, how="left", nulls_equal=True)
@@ -296,7 +312,7 @@ def early_stopping(t: Tables) -> tuple[pl.DataFrame, Attack | None]:
     rows, attack = _transfer(t)
     keys = ["regime", "epoch"]
     transfer = rows.group_by(keys).agg(*_transfer_values(),
-                                       pl.col("trial_id").n_unique().alias("trials"))
+                                       _trials())
     out = (_epoch_quantities(t, keys).join(transfer, on=keys, how="full", coalesce=True)
            .sort(keys).collect())
     return out, attack
@@ -307,7 +323,7 @@ def transfer_vs_rho(t: Tables) -> tuple[pl.DataFrame, Attack | None]:
     rows, attack = _transfer(t)
     keys = ["adversarial", "rho"]
     transfer = final_epoch(rows).group_by(keys).agg(
-        *_transfer_values(), pl.col("trial_id").n_unique().alias("trials"))
+        *_transfer_values(), _trials())
     sharp = _epoch_quantities(t, keys, final=True).select(keys + ["lambda_max", "sam_sharpness"])
     out = transfer.join(sharp, on=keys, how="left").sort(keys).collect()
     return out, attack
@@ -323,13 +339,13 @@ def clean_vs_adversarial(t: Tables) -> pl.DataFrame:
         pl.lit("standard")).alias("training")
     m = t.measurements.with_columns(training)
     base = Tables(m, t.epochs, t.timings)
-    out = (m.group_by("training").agg(pl.col("trial_id").n_unique().alias("trials"))
+    out = (m.group_by("training").agg(_trials())
            .collect().join(clean_metrics(base, ["training"]), on="training", how="left"))
     white = (final_epoch(_finite_delta(m, "whitebox")).filter(pl.col("task") == "mean")
              .with_columns(objective_family().alias("family"))
              .filter(pl.col("eps") == pl.col("eps").max().over("family")).collect())
     if not white.is_empty():
-        wide = (white.with_columns(pl.format("Δ {} ε={}", "family", pl.col("eps").round(3))
+        wide = (white.with_columns(pl.format("Δ {} ε={}", "family", eps_label())
                                    .alias("col"))
                 .pivot(on="col", index="training", values="rel_change",
                        aggregate_function="mean", sort_columns=True))
@@ -345,7 +361,7 @@ def timings(t: Tables) -> pl.DataFrame:
     """Seconds per phase: total, mean per trial, and the number of trials."""
     return (t.timings.group_by("phase").agg(
         pl.col("seconds").sum().alias("total_s"), pl.col("seconds").mean().alias("mean_s"),
-        pl.col("trial_id").n_unique().alias("trials")).sort("total_s", descending=True).collect())
+        _trials()).sort("total_s", descending=True).collect())
 
 
 def overview(t: Tables) -> dict[str, object]:

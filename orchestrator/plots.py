@@ -98,7 +98,9 @@ def cross_task_heatmaps(matrices: list[tuple[str, pl.DataFrame]], path: Path) ->
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
                 if values[i, j] == values[i, j]:
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6)
+                    dark = abs(values[i, j]) > 0.6 * bound
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if dark else "black")
         ax.set_xlabel("measured task")
         ax.set_ylabel("attacked task (single:<task>)")
         ax.set_title(title, fontsize=8)
@@ -109,18 +111,21 @@ def cross_task_heatmaps(matrices: list[tuple[str, pl.DataFrame]], path: Path) ->
 
 def early_stopping(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
     """Transfer (left axis) and λ_max (right axis) per epoch and regime; LR decays as lines."""
-    fig, (ax,) = _figure(1, width=7.0, height=4.2)
+    fig, (ax,) = _figure(1, width=9.0, height=4.2)
     right = ax.twinx()
     use_success = frame["success_rate"].drop_nulls().len() > 0
     metric = "success_rate" if use_success else "transfer_delta"
-    for (regime,), rows in frame.sort("epoch").group_by(["regime"], maintain_order=True):
+    regimes = frame.sort("epoch").group_by(["regime"], maintain_order=True)
+    for index, ((regime,), rows) in enumerate(regimes):
+        colour = f"C{index % 10}"
         line = rows.filter(pl.col(metric).is_not_null())
         if line.height:
-            ax.plot(line["epoch"], line[metric], marker="o", label=f"{regime}: transfer")
+            ax.plot(line["epoch"], line[metric], marker="o", color=colour,
+                    label=f"{regime}: transfer")
         sharp = rows.filter(pl.col("lambda_max").is_not_null())
         if sharp.height:
             right.plot(sharp["epoch"], sharp["lambda_max"], linestyle="--", marker="x",
-                       label=f"{regime}: λ_max")
+                       color=colour, alpha=0.7, label=f"{regime}: λ_max")
     decays = frame.filter(pl.col("lr_decayed").fill_null(False))["epoch"].unique().sort()
     for i, epoch in enumerate(decays.to_list()):
         ax.axvline(epoch, color="grey", linestyle=":", label="LR decay" if i == 0 else None)
@@ -130,7 +135,7 @@ def early_stopping(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
     handles = ax.get_legend_handles_labels()
     extra = right.get_legend_handles_labels()
     if handles[0] or extra[0]:
-        ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7)
+        fig.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="outside right")
     ax.set_title(f"Transfer and sharpness vs early stopping ({attack_label})", fontsize=9)
     return _save(fig, path)
 

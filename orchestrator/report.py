@@ -93,11 +93,11 @@ def _delta_by_objective(doc: _Doc, t: A.Tables) -> None:
     groups = long.select("layout", "regime", "sharing").unique(maintain_order=True).rows()
     for layout, regime, sharing in groups[:MAX_GROUP_TABLES]:
         rows = long.filter((pl.col("layout") == layout) & (pl.col("regime") == regime))
-        wide = (rows.sort("eps").with_columns(pl.format("ε={}", pl.col("eps").round(3)).alias("e"))
+        wide = (rows.sort("eps").with_columns(pl.format("ε={}", A.eps_label()).alias("e"))
                 .pivot(on="e", index=["attack_method", "objective"], values="delta"))
         share = "" if sharing is None else f", sharing {sharing:.2f}"
         doc.table(None, wide,
-                  f"**layout `{layout}`** — {regime}{share}:\n")
+                  f"**layout `{layout}`** — {regime}{share}:")
     if len(groups) > MAX_GROUP_TABLES:
         doc.text(f"{len(groups) - MAX_GROUP_TABLES} more layout × regime groups: see "
                  "`delta_by_objective.csv`.")
@@ -136,7 +136,9 @@ def _cross_task(doc: _Doc, t: A.Tables) -> None:
     doc.table("cross_task", matrix)
     heatmaps = [("all layouts", matrix)]
     per_layout = A.cross_task_long(t, ["layout"])
-    layouts = per_layout["layout"].unique(maintain_order=True).to_list()
+    order = t.measurements.select("layout", "sharing").unique().collect()
+    layouts = (order.filter(pl.col("layout").is_in(per_layout["layout"].unique().to_list()))
+               .sort("sharing", "layout", nulls_last=True)["layout"].to_list())
     if 1 < len(layouts) <= MAX_HEATMAPS:
         heatmaps += [(f"layout {lay}", A.cross_task_matrix(per_layout.filter(
             pl.col("layout") == lay).drop("layout"))) for lay in layouts]
