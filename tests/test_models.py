@@ -31,6 +31,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convs gain nothing from a 2nd thread, and on a loaded 2-core box OpenMP barriers
+    made the fit test ~18x slower with 2 threads than with 1 (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- sharing follows the layout ---------------------------------------------------------------
 @pytest.mark.parametrize("k", range(6))
 def test_branch_point_modules_shared_iff_below_k(k):
@@ -145,7 +155,8 @@ def test_shared_batchnorm_updates_once_per_forward():
             assert buf.item() == 1, name
 
 
-@pytest.mark.parametrize("layout", ["0+1+2|0+1+2|0+1,2|0,1,2|0,1,2", "0,1+2|0,1+2|0,1,2|0,1,2|0,1,2"])
+@pytest.mark.parametrize("layout", ["0+1+2|0+1+2|0+1,2|0,1,2|0,1,2",
+                                    "0,1+2|0,1+2|0,1,2|0,1,2|0,1,2"])
 def test_single_task_output_equals_full_output_in_eval(layout):
     model = make(layout).eval()
     x = torch.rand(3, 3, 32, 32)
@@ -191,11 +202,11 @@ def test_a_few_steps_fit_a_batch():
 
 # --- config -----------------------------------------------------------------------------------
 def test_config_round_trip_rebuilds_identical_model():
-    model = make("0+1+2|0+1+2|0,1+2|0,1,2|0,1,2", width=6, depth=2, skip=False)
+    model = make("0+1+2|0+1+2|0,1+2|0,1,2|0,1,2", width=6, stage_depth=2, skip=False)
     cfg = json.loads(json.dumps(model.config()))
     assert cfg == {"layout": "0+1+2|0+1+2|0,1+2|0,1,2|0,1,2", "tasks": THREE,
                    "out_channels": {"segment_semantic": 5, "depth_zbuffer": 1, "scene_class": 4},
-                   "width": 6, "depth": 2, "skip": False}
+                   "width": 6, "stage_depth": 2, "skip": False}
     clone = build_model(**cfg)
     assert clone.config() == model.config()
     assert {k: v.shape for k, v in clone.state_dict().items()} == \
@@ -228,7 +239,7 @@ def test_out_channels_defaults_and_dataset_style_mapping():
     (dict(layout="0+1+2|0+3|0,1,2|0,1,2|0,1,2"), "layout '.*': task index 3"),
     (dict(layout=3), "layout: expected a Layout"),
     (dict(width=0), "width: must be an integer >= 1"),
-    (dict(depth=1.5), "depth: must be an integer >= 1"),
+    (dict(stage_depth=1.5), "stage_depth: must be an integer >= 1"),
     (dict(skip="yes"), "skip: must be True or False"),
     (dict(out_channels={"scene_class": 4}), "out_channels: segment_semantic"),
     (dict(out_channels={"segment_semantic": 5, "scene_class": 4, "sky": 2}),

@@ -70,8 +70,9 @@ def block_strides() -> tuple[int, ...]:
     return (2, 1, 2, 2, 2)
 
 
-def make_block(block: int, width: int, depth: int = 1) -> nn.Module:
-    """A fresh module for backbone block `block` (0 = stem, 1-4 = residual stages)."""
+def make_block(block: int, width: int, stage_depth: int = 1) -> nn.Module:
+    """A fresh module for backbone block `block` (0 = stem, 1-4 = stages of `stage_depth`
+    BasicBlocks, the first one downsampling)."""
     if not 0 <= block < NUM_BLOCKS:
         raise ValueError(f"block: must be in 0..{NUM_BLOCKS - 1}, got {block}")
     channels, stride = block_channels(width)[block], block_strides()[block]
@@ -79,7 +80,7 @@ def make_block(block: int, width: int, depth: int = 1) -> nn.Module:
         return conv_bn_relu(3, channels, 3, stride=stride)
     cin = block_channels(width)[block - 1]
     units = [BasicBlock(cin, channels, stride)]
-    units += [BasicBlock(channels, channels) for _ in range(depth - 1)]
+    units += [BasicBlock(channels, channels) for _ in range(stage_depth - 1)]
     return nn.Sequential(*units)
 
 

@@ -82,7 +82,7 @@ class MultiTaskNet(nn.Module):
 
     def __init__(self, layout: Layout | str, tasks: Sequence[str],
                  out_channels: Mapping[str, int] | None = None, *, width: int = 16,
-                 depth: int = 1, skip: bool = True) -> None:
+                 stage_depth: int = 1, skip: bool = True) -> None:
         super().__init__()
         layout = Layout.coerce(layout)
         task_names = _check_tasks(tasks)
@@ -92,16 +92,16 @@ class MultiTaskNet(nn.Module):
         if layout.num_blocks != NUM_BLOCKS:
             raise ValueError(f"layout: must have {NUM_BLOCKS} blocks (the backbone's), "
                              f"got {layout.num_blocks} in {layout}")
-        width, depth = _check_int("width", width), _check_int("depth", depth)
+        width, stage_depth = _check_int("width", width), _check_int("stage_depth", stage_depth)
         if not isinstance(skip, bool):
             raise ValueError(f"skip: must be True or False, got {skip!r}")
         self.layout = layout
         self.tasks = task_names
         self.out_channels = resolve_out_channels(task_names, out_channels)
-        self.width, self.depth, self.skip = width, depth, skip
+        self.width, self.stage_depth, self.skip = width, stage_depth, skip
         self.normalize = Normalize()
         self.backbone = nn.ModuleDict({
-            module_key(b, g): make_block(b, width, depth)
+            module_key(b, g): make_block(b, width, stage_depth)
             for b in range(NUM_BLOCKS) for g in layout.groups(b)})
         heads: dict[str, nn.Module] = {}
         for name in task_names:
@@ -186,7 +186,7 @@ class MultiTaskNet(nn.Module):
         """JSON-able constructor arguments: `build_model(**model.config())` rebuilds it."""
         return {"layout": str(self.layout), "tasks": list(self.tasks),
                 "out_channels": dict(self.out_channels), "width": self.width,
-                "depth": self.depth, "skip": self.skip}
+                "stage_depth": self.stage_depth, "skip": self.skip}
 
     def extra_repr(self) -> str:
         return f"layout={self.layout}, tasks={list(self.tasks)}, width={self.width}"
@@ -194,11 +194,12 @@ class MultiTaskNet(nn.Module):
 
 def build_model(layout: Layout | str, tasks: Sequence[str],
                 out_channels: Mapping[str, int] | None = None, *, width: int = 16,
-                depth: int = 1, skip: bool = True) -> MultiTaskNet:
+                stage_depth: int = 1, skip: bool = True) -> MultiTaskNet:
     """Build the multi-task network for `layout` (a `Layout` or its string); `tasks[i]` is task
     index i of the layout. `width` is the stem's channel count (stages use w, 2w, 4w, 8w),
-    `depth` the BasicBlocks per stage, `skip` the dense heads' block-1 skip connection.
+    `stage_depth` the BasicBlocks per stage, `skip` the dense heads' block-1 skip connection.
     `out_channels` defaults to the task registry's defaults; segmentation and scene
     classification need the dataset's class counts (e.g. `out_channels=dataset.task_channels`).
     """
-    return MultiTaskNet(layout, tasks, out_channels, width=width, depth=depth, skip=skip)
+    return MultiTaskNet(layout, tasks, out_channels, width=width, stage_depth=stage_depth,
+                        skip=skip)
