@@ -106,7 +106,8 @@ def test_parse_errors_are_clear(text, needle):
     assert needle in str(info.value)
 
 
-@pytest.mark.parametrize("bad", ["0+1|0,1", [], [[]], [[[0, 1]], [[1]]], 5])
+@pytest.mark.parametrize("bad", ["0+1|0,1", [], [[]], [[[0, 1]], [[1]]], 5, [[[0, 1.5]]],
+                                 [[[True]]], [[["0"]]]])
 def test_constructor_rejects_bad_partitions(bad):
     with pytest.raises(ValueError, match="partitions"):
         Layout(bad)

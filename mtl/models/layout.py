@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -20,9 +21,15 @@ Partition = tuple[Group, ...]
 DEFAULT_NUM_BLOCKS = 5
 
 
+def _index(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"task index {value!r} is not an integer")
+    return int(value)
+
+
 def _canonical_partition(groups: Iterable[Iterable[int]]) -> Partition:
     """Sort each group and order the groups by their smallest index."""
-    canon = [tuple(sorted(int(i) for i in g)) for g in groups]
+    canon = [tuple(sorted(_index(i) for i in g)) for g in groups]
     return tuple(sorted(canon, key=lambda g: g[0] if g else -1))
 
 
