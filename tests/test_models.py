@@ -134,6 +134,7 @@ def test_task_selection_runs_only_its_path_once():
     assert list(out) == ["scene_class", "segment_semantic"]
     assert calls == Counter(["b0_t0-1-2", "b1_t0-1-2", "b2_t0-1", "b2_t2", "b3_t0", "b3_t2",
                              "b4_t0", "b4_t2", "scene_class", "segment_semantic"])
+    assert list(model(x, tasks="scene_class")) == ["scene_class"]
 
 
 def test_task_gradient_reaches_only_its_parameters():

@@ -141,7 +141,10 @@ class MultiTaskNet(nn.Module):
             raise ValueError("task, tasks: pass at most one of them")
         if task is None and tasks is None:
             return self.tasks
-        names = (task,) if task is not None else tuple(tasks)  # type: ignore[arg-type]
+        if task is not None:
+            names: tuple[str, ...] = (task,)
+        else:
+            names = (tasks,) if isinstance(tasks, str) else tuple(tasks)  # type: ignore[arg-type]
         if not names:
             raise ValueError(f"tasks: empty selection; allowed: {list(self.tasks)}")
         for name in names:
