@@ -367,7 +367,7 @@ def _adv(raw: Any, path: str, tasks: tuple[str, ...]) -> dict | None:
     if not (isinstance(objective, str) and objective.startswith("single:")):
         _choice(objective, node.at("objective"), ("total", "dgba"), "objective")
     else:
-        _choice(objective[len("single:"):], node.at("objective"), tasks, "task in single:<task>")
+        _choice(objective[len("single:"):], node.at("objective"), tasks, "task")
     method = _choice(node.get("method", "pgd"), node.at("method"), ADV_METHODS, "method")
     steps = _int(node.get("steps", 1 if method == "fgsm" else 10), node.at("steps"), 1, 1000)
     if method == "fgsm" and steps != 1:
@@ -425,7 +425,7 @@ def _attacks(raw: Any, tasks: tuple[str, ...]) -> dict:
         if o == "single":
             objectives += [f"single:{t}" for t in tasks]
         elif isinstance(o, str) and o.startswith("single:"):
-            _choice(o[len("single:"):], path, tasks, "task in single:<task>")
+            _choice(o[len("single:"):], path, tasks, "task")
             objectives.append(o)
         else:
             _choice(o, path, OBJECTIVES, "objective")
@@ -502,10 +502,10 @@ def _targets(raw: Any, spec: SweepSpec) -> tuple[dict, ...]:
                         config = model_config(spec, layout, train)
                         label = (f"{_layout_label(layout)}-s{seed}-{adv_label(adv)}-rho{rho:g}"
                                  f"-{opt}-e{epochs}")
+                        if any(t["id"] == config_hash(config) for t in out):
+                            _fail(path, f"target {label} duplicates an earlier target")
                         out.append({"id": config_hash(config), "label": label,
                                     "config": config})
-    ids = [t["id"] for t in out]
-    _unique(ids, "transfer.targets")
     return tuple(out)
 
 

@@ -27,8 +27,8 @@ def _local_path(storage: str) -> str | None:
     """The local path of ``storage`` (a path or file:// URI), or None for a remote URI."""
     if "://" not in storage:
         return os.path.abspath(storage)
-    fs, inner = pafs.FileSystem.from_uri(storage)
-    return inner if isinstance(fs, pafs.LocalFileSystem) else None
+    scheme, rest = storage.split("://", 1)
+    return rest if scheme == "file" else None  # no network call to classify a URI
 
 
 def model_store_dir(storage: str, store_path: str | None = None) -> str:

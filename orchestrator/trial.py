@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mtl.models import Layout
-from mtl.train.zoo import checkpoint_paths, config_hash, dataset_from_config, model_from_config
+from mtl.train.zoo import (HISTORY, checkpoint_paths, config_hash, dataset_from_config,
+                           model_from_config)
 from orchestrator import store
 from orchestrator.spec import adv_label, trial_train_config
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 Reporter = Callable[[dict, "str | None"], None]
 STATE_FILE = "train_state.pt"
-HISTORY_FILE = "history.json"
+
 # Epoch-record keys that are columns of the epochs table (or not measurements at all).
 _EPOCH_COLUMNS = ("epoch", "lr", "lr_decayed", "kept", "time_s")
 
@@ -161,7 +162,7 @@ def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: t
         entry = store.find_surrogate(trial["model_config"], store_dir)
         if entry is not None:
             _copy_model_files(entry, ckpt_dir)
-            return json.loads((ckpt_dir / HISTORY_FILE).read_text())
+            return json.loads((ckpt_dir / HISTORY).read_text())
     resume = None
     if restore_dir is not None and (Path(restore_dir) / STATE_FILE).is_file():
         _copy_model_files(restore_dir, ckpt_dir)
@@ -184,7 +185,7 @@ def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: t
                        progress=progress, device=device)
         history = result.history
     history = [{k: v for k, v in rec.items()} for rec in history]
-    (ckpt_dir / HISTORY_FILE).write_text(json.dumps(history))
+    (ckpt_dir / HISTORY).write_text(json.dumps(history))
     if trial["reuse_surrogates"]:
         store.publish_surrogate(trial["model_config"], str(ckpt_dir), store_dir)
     return history
@@ -192,7 +193,7 @@ def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: t
 
 def _copy_model_files(src: str | Path, dst: str | Path) -> None:
     for item in Path(src).iterdir():
-        if item.name.startswith("epoch_") or item.name == HISTORY_FILE:
+        if item.name.startswith("epoch_") or item.name == HISTORY:
             shutil.copy2(item, Path(dst) / item.name)
 
 

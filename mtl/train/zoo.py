@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, Subset
 
 COMPLETE = "COMPLETE"
 CONFIG = "config.json"
+HISTORY = "history.json"  # per-epoch records of the run (the epochs table)
 # Splits a dataset without its own test split reads instead (NYUv2 ships train + val).
 _SPLIT_FALLBACK = {"nyuv2": {"test": "val"}}
 
@@ -134,6 +135,7 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike, *,
         model = model.to(device)
     result = train(model, dataset, train_cfg, checkpoint_dir=str(out_dir), progress=progress,
                    device=device)
+    (Path(out_dir) / HISTORY).write_text(json.dumps(result.history))
     return {"history": result.history}
 
 
@@ -174,8 +176,9 @@ def publish_model(config: Mapping[str, Any], checkpoint_dir: str | os.PathLike,
 
 
 def _copy_checkpoints(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    for item in sorted(Path(src).glob("epoch_*")):
-        if item.suffix in (".pt", ".json"):
+    for item in sorted(Path(src).iterdir()):
+        if (item.name.startswith("epoch_") and item.suffix in (".pt", ".json")) \
+                or item.name == HISTORY:
             shutil.copy2(item, Path(dst) / item.name)
 
 

@@ -1,0 +1,156 @@
+"""Model store: config hashing, train-once under concurrent demand (fcntl lock per hash),
+complete-or-absent entries, reuse, publishing trial checkpoints, attempt counting."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtl.train import zoo
+from orchestrator import store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(seed: int = 0, epochs: int = 1) -> dict:
+    return {"dataset": {"name": "scenes", "size": 16, "train": 16, "seed": 0, "root": None,
+                        "tasks": ["segment_semantic", "scene_class"]},
+            "model": {"layout": "0+1|0+1|0,1|0,1|0,1", "tasks": ["segment_semantic",
+                                                                "scene_class"], "width": 4},
+            "train": {"epochs": epochs, "batch_size": 8, "keep_epochs": [epochs], "seed": seed,
+                      "lr": 0.01}}
+
+
+def test_config_hash_is_canonical():
+    a = tiny_config()
+    b = json.loads(json.dumps(a))
+    b["train"] = dict(reversed(list(b["train"].items())))  # key order must not matter
+    assert zoo.config_hash(a) == zoo.config_hash(b)
+    assert len(zoo.config_hash(a)) == 16 and int(zoo.config_hash(a), 16) >= 0
+    assert zoo.config_hash(a) != zoo.config_hash(tiny_config(seed=1))
+    with pytest.raises(ValueError, match="JSON-able"):
+        zoo.config_hash({"x": float("nan")})
+
+
+def test_ensure_models_trains_once_and_reuses(tmp_path, monkeypatch):
+    calls = []
+    real = zoo.train_model
+
+    def counting(config, out_dir, **kwargs):
+        calls.append(zoo.config_hash(config))
+        return real(config, out_dir, **kwargs)
+
+    monkeypatch.setattr(zoo, "train_model", counting)
+    configs = [tiny_config(0), tiny_config(1), tiny_config(0)]
+    entries = zoo.ensure_models(configs, tmp_path)
+    assert len(calls) == 2 and len(entries) == 2
+    for key, path in entries.items():
+        assert zoo.is_complete(path) and path.name == key
+        assert json.loads((path / zoo.CONFIG).read_text())["train"]["seed"] in (0, 1)
+        assert sorted(zoo.checkpoint_paths(path)) == [1]
+    again = zoo.ensure_models(configs, tmp_path)
+    assert again == entries and len(calls) == 2  # found, not retrained
+    model, meta = zoo.load_model(entries[zoo.config_hash(tiny_config(1))])
+    assert not model.training and list(model.tasks) == ["segment_semantic", "scene_class"]
+    out = model(torch.rand(2, 3, 16, 16))
+    assert out["scene_class"].shape[0] == 2
+    with pytest.raises(ValueError, match="epoch: 7 not kept"):
+        zoo.load_model(entries[zoo.config_hash(tiny_config(1))], epoch=7)
+    assert not list(tmp_path.glob("*.partial-*"))
+
+
+def test_same_config_trains_identical_weights(tmp_path):
+    a = zoo.ensure_models([tiny_config(3)], tmp_path / "a")
+    b = zoo.ensure_models([tiny_config(3)], tmp_path / "b")
+    wa = zoo.load_model(next(iter(a.values())))[0].state_dict()
+    wb = zoo.load_model(next(iter(b.values())))[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+CONCURRENT = textwrap.dedent("""
+    import sys, time, pathlib
+    import mtl.train.zoo as zoo
+    store, counter = sys.argv[1], pathlib.Path(sys.argv[2])
+
+    def fake_train(config, out_dir, **kwargs):
+        with open(counter, "a") as f:
+            f.write("trained\\n")
+        time.sleep(1.0)  # long enough for the other process to arrive and wait
+        (pathlib.Path(out_dir) / "epoch_001.pt").write_bytes(b"weights")
+        return {}
+
+    zoo.train_model = fake_train
+    entries = zoo.ensure_models([{"model": "shared", "train": {"seed": 0}}], store)
+    print(next(iter(entries.values())))
+""")
+
+
+def test_two_processes_needing_one_model_train_it_once(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(CONCURRENT)
+    counter = tmp_path / "counter"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "store"),
+                               str(counter)], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert counter.read_text().count("trained") == 1
+    assert outs[0] == outs[1] and zoo.is_complete(outs[0])
+    assert (Path(outs[0]) / "epoch_001.pt").read_bytes() == b"weights"
+
+
+def test_a_crash_leaves_no_entry_and_the_next_call_retrains(tmp_path, monkeypatch):
+    config = {"model": "x"}
+
+    def crash(config, out_dir, **kwargs):
+        (Path(out_dir) / "epoch_001.pt").write_bytes(b"half")
+        raise RuntimeError("node died")
+
+    monkeypatch.setattr(zoo, "train_model", crash)
+    with pytest.raises(RuntimeError, match="node died"):
+        zoo.ensure_models([config], tmp_path)
+    assert zoo.find_model(config, tmp_path) is None
+    assert not (tmp_path / zoo.config_hash(config)).exists()
+    assert not list(tmp_path.glob("*.partial-*"))
+    monkeypatch.setattr(zoo, "train_model",
+                        lambda c, d, **k: (Path(d) / "epoch_001.pt").write_bytes(b"ok"))
+    entry = zoo.ensure_models([config], tmp_path)[zoo.config_hash(config)]
+    assert (entry / "epoch_001.pt").read_bytes() == b"ok"
+
+
+def test_publish_offers_a_trials_checkpoints_once(tmp_path):
+    src = tmp_path / "trial"
+    src.mkdir()
+    (src / "epoch_002.pt").write_bytes(b"a")
+    (src / "epoch_002.json").write_text("{}")
+    (src / "history.json").write_text("[]")
+    (src / "train_state.pt").write_bytes(b"not a model file")
+    config = {"model": "y"}
+    assert store.find_surrogate(config, str(tmp_path / "models")) is None
+    entry = store.publish_surrogate(config, str(src), str(tmp_path / "models"))
+    assert sorted(p.name for p in entry.iterdir()) == [
+        "COMPLETE", "config.json", "epoch_002.json", "epoch_002.pt", "history.json"]
+    (src / "epoch_002.pt").write_bytes(b"b")
+    store.publish_surrogate(config, str(src), str(tmp_path / "models"))  # already there
+    assert (entry / "epoch_002.pt").read_bytes() == b"a"
+    assert store.find_surrogate(config, str(tmp_path / "models")) == entry
+
+
+def test_model_store_dir_needs_a_filesystem(tmp_path):
+    assert store.model_store_dir(str(tmp_path)) == os.path.join(str(tmp_path), "models")
+    assert store.model_store_dir(f"file://{tmp_path}") == os.path.join(str(tmp_path), "models")
+    assert store.model_store_dir("s3://bucket/runs", str(tmp_path)) == str(tmp_path)
+    with pytest.raises(ValueError, match="store.path"):
+        store.model_store_dir("s3://bucket/runs")
+
+
+def test_attempts_are_counted_per_trial(tmp_path):
+    assert [store.next_attempt(str(tmp_path), "sw", "t1") for _ in range(3)] == [1, 2, 3]
+    assert store.next_attempt(str(tmp_path), "sw", "t2") == 1
