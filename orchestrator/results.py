@@ -196,7 +196,11 @@ def _is_uri(path: str | os.PathLike) -> bool:
 def _resolve(storage: str | os.PathLike) -> tuple[pafs.FileSystem | None, str]:
     """(None, local path) for local storage, else (pyarrow filesystem, path inside it)."""
     if _is_uri(storage):
-        fs, inner = pafs.FileSystem.from_uri(str(storage))
+        try:
+            fs, inner = pafs.FileSystem.from_uri(str(storage))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise ValueError(f"storage {str(storage)!r} is not a URI pyarrow can open "
+                             f"(e.g. file://, s3://, gs://, hdfs://): {err}") from None
         if isinstance(fs, pafs.LocalFileSystem):
             return None, inner
         return fs, inner

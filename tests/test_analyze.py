@@ -265,3 +265,27 @@ def test_cli_analyze(storage: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (out / "report.md").is_file() and (out / "delta_vs_eps.png").stat().st_size > 0
     assert main(["analyze", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dropped, absent", [
+    ("clean", set()),
+    ("whitebox", {"summary", "delta_by_objective"}),
+    ("cross_task", {"cross_task"}),
+    ("transfer", {"transfer_vs_rho"}),
+])
+def test_each_kind_may_be_missing(tmp_path: Path, dropped: str, absent: set[str]) -> None:
+    from orchestrator.report import TITLES
+
+    for k, seed, at, rho in (CONFIGS[0], CONFIGS[2], CONFIGS[6], CONFIGS[8]):
+        rows = trial_rows(k, seed, at, rho)
+        rows["measurements"] = [r for r in rows["measurements"] if r["kind"] != dropped]
+        for table, table_rows in rows.items():
+            write_trial_table(tmp_path / "st", "syn", table, f"t{k}{seed}{at}{rho}", table_rows)
+    result = A.analyze(tmp_path / "st" / "syn", tmp_path / "out")
+    text = result.report.read_text()
+    assert all(f"## {title}" in text for title in TITLES.values())
+    assert set(result.missing) == absent
+    if dropped == "transfer":
+        assert "No transfer targets in this sweep: only sharpness is shown" in text
+    if dropped == "clean":
+        assert not any(c.startswith("clean ") for c in result.tables["tradeoff"].columns)
