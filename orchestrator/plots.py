@@ -128,7 +128,8 @@ def early_stopping(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
                        color=colour, alpha=0.7, label=f"{regime}: λ_max")
     decays = frame.filter(pl.col("lr_decayed").fill_null(False))["epoch"].unique().sort()
     for i, epoch in enumerate(decays.to_list()):
-        ax.axvline(epoch, color="grey", linestyle=":", label="LR decay" if i == 0 else None)
+        # lr_decayed marks the first epoch trained at the lower rate: draw the boundary before it
+        ax.axvline(epoch - 0.5, color="grey", linestyle=":", label="LR decay" if i == 0 else None)
     ax.set_xlabel("early-stopping epoch")
     ax.set_ylabel("transfer success rate" if use_success else "transfer Δ")
     right.set_ylabel("Hessian λ_max")

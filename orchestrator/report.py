@@ -164,8 +164,9 @@ def _early_stopping(doc: _Doc, t: A.Tables) -> None:
     if not has_sharp:
         doc.text("_No λ_max measurements (sharpness was not computed)._")
     decays = frame.filter(pl.col("lr_decayed").fill_null(False))["epoch"].unique().sort()
-    doc.text("LR decays after epoch(s): " + (", ".join(map(str, decays.to_list())) or "none")
-             + " (dotted vertical lines in the plot).")
+    doc.text("LR decayed at the start of epoch(s): "
+             + (", ".join(map(str, decays.to_list())) or "none")
+             + " (dotted vertical lines in the plot, just before those epochs).")
     doc.table("early_stopping", frame)
     doc.plot(plots.early_stopping(frame, attack.label() if attack else "no transfer",
                                   doc.out / "early_stopping.png"), "transfer vs epoch")

@@ -62,7 +62,7 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
     ],
     "epochs": _TRIAL_COLUMNS + [
         ("lr", pa.float64(), True),
-        ("lr_decayed", pa.bool_(), False),    # the LR schedule decayed at the end of this epoch
+        ("lr_decayed", pa.bool_(), False),    # this epoch's LR is lower than the previous one's
         ("kept", pa.bool_(), False),          # a checkpoint was kept at this epoch
         ("quantity", pa.string(), False),     # train_loss, val/<task>/<metric>, lambda_max, ...
         ("value", pa.float64(), True),

@@ -14,7 +14,7 @@ TASKS = ("segment_semantic", "depth_zbuffer", "scene_class")
 METRICS = {"segment_semantic": "miou", "depth_zbuffer": "abs_err", "scene_class": "accuracy"}
 OBJ_SCALE = {"dgba": 1.0, "total": 0.8, "signsum": 0.7, "single:segment_semantic": 0.5,
              "single:depth_zbuffer": 0.4, "single:scene_class": 0.3}
-EPOCHS, KEPT, DECAY = (1, 2, 3, 4), (2, 4), 2
+EPOCHS, KEPT, DECAY = (1, 2, 3, 4), (2, 4), 3  # DECAY: first epoch at the lower LR
 AT_LABEL = "dgba-fgsm-8"
 
 
@@ -75,7 +75,7 @@ def trial_rows(k: int, seed: int, at: bool, rho: float) -> dict[str, list[dict]]
                 measurements.append(dict(attack, task="mean", metric="delta",
                                          rel_change=-scale * success(epoch, rho)))
     for epoch in EPOCHS:
-        row = dict(common, epoch=epoch, lr=0.1 if epoch <= DECAY else 0.01,
+        row = dict(common, epoch=epoch, lr=0.1 if epoch < DECAY else 0.01,
                    lr_decayed=epoch == DECAY, kept=epoch in KEPT)
         epochs.append(dict(row, quantity="train_loss", value=1.0 / epoch))
         epochs.append(dict(row, quantity="lambda_max", value=lambda_max(epoch, rho) + noise))
@@ -195,6 +195,7 @@ def test_early_stopping_curve_and_lr_decays(tables: A.Tables) -> None:
     assert standard["success_rate"].to_list()[0::2] == [None, None]  # not kept: not attacked
     assert standard["lambda_max"].to_list() == pytest.approx([lambda_max(e, 0.0) for e in EPOCHS])
     assert frame.filter(pl.col("lr_decayed"))["epoch"].unique().to_list() == [DECAY]
+    assert standard["lr"].to_list() == pytest.approx([0.1, 0.1, 0.01, 0.01])
 
 
 def test_transfer_vs_rho(tables: A.Tables) -> None:
@@ -225,6 +226,7 @@ def test_report_has_every_section_and_plots(result: A.AnalysisResult) -> None:
                 "7. Timings"):
         assert f"## {key}" in text
     assert "Not available" not in text and result.missing == {}
+    assert f"LR decayed at the start of epoch(s): {DECAY}" in text
     names = {p.name for p in result.plots}
     assert names == {"delta_vs_eps.png", "tradeoff.png", "cross_task.png", "early_stopping.png",
                      "transfer_vs_rho.png", "clean_vs_adversarial.png"}
