@@ -105,7 +105,7 @@ def eps_label() -> pl.Expr:
 def objective_rank() -> pl.Expr:
     """Sort key: DGBA, total, SignSum, minmax, then single-task objectives, then the rest."""
     o = pl.col("objective")
-    rank = pl.when(o.str.starts_with("single")).then(pl.lit(10, pl.Int32)).otherwise(
+    rank = pl.when(o.str.starts_with("single:")).then(pl.lit(10, pl.Int32)).otherwise(
         pl.lit(20, pl.Int32))
     for i, name in enumerate(OBJECTIVE_PREFERENCE):
         rank = pl.when(o == name).then(pl.lit(i, pl.Int32)).otherwise(rank)
@@ -113,7 +113,8 @@ def objective_rank() -> pl.Expr:
 
 
 def _latest_attempt(frame: pl.LazyFrame) -> pl.LazyFrame:
-    return frame.filter(pl.col("attempt") == pl.col("attempt").max().over(TRIAL))
+    attempt = pl.col("attempt").fill_null(0)  # files older than the attempt column
+    return frame.filter(attempt == attempt.max().over(TRIAL))
 
 
 def load_tables(results_dir: str | os.PathLike, sweep: str | None = None) -> Tables:
@@ -122,7 +123,7 @@ def load_tables(results_dir: str | os.PathLike, sweep: str | None = None) -> Tab
     if sweep is not None:
         frames = {t: f.filter(pl.col("sweep") == sweep) for t, f in frames.items()}
     m, e = _latest_attempt(frames["measurements"]), _latest_attempt(frames["epochs"])
-    # pre-`kind` files: infer it from the attack columns
+    # pre-`kind` files: infer it from the attack columns (cross-task rows read as white-box)
     m = m.with_columns(pl.coalesce(
         pl.col("kind"),
         pl.when(pl.col("target_id").is_not_null()).then(pl.lit("transfer"))

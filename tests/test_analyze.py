@@ -291,3 +291,21 @@ def test_each_kind_may_be_missing(tmp_path: Path, dropped: str, absent: set[str]
         assert "No transfer targets in this sweep: only sharpness is shown" in text
     if dropped == "clean":
         assert not any(c.startswith("clean ") for c in result.tables["tradeoff"].columns)
+
+
+def test_old_schema_rows_are_analysed(tmp_path: Path) -> None:
+    """A v0 file (no schema_version, attempt or kind) counts beside a current one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_bare_sweep(tmp_path, "mixed")
+    directory = tmp_path / "mixed" / "results" / "measurements"
+    pq.write_table(pa.table({
+        "sweep": ["mixed"], "trial_id": ["v0"], "layout": ["0+1|0,1"], "adv_train": ["none"],
+        "rho": [0.0], "optimizer": ["adam"], "seed": [1], "epoch": [3], "attack_method": ["fgsm"],
+        "objective": ["dgba"], "eps": [8.0], "steps": [1], "task": ["mean"], "metric": ["delta"],
+        "rel_change": [-0.36]}), directory / "v0.parquet")
+    frame = A.delta_by_objective(A.load_tables(tmp_path / "mixed"))
+    dgba8 = frame.filter((pl.col("objective") == "dgba") & (pl.col("eps") == 8.0))
+    assert dgba8["trials"].to_list() == [2]
+    assert dgba8["delta"].to_list() == [pytest.approx((-0.16 - 0.36) / 2)]
