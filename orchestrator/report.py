@@ -112,7 +112,9 @@ def _tradeoff(doc: _Doc, t: A.Tables) -> None:
     if frame.is_empty() or not measured:
         return doc.absent("tradeoff", "no clean, white-box or cross-task measurements.")
     x = "branch_point" if frame["branch_point"].null_count() == 0 else "sharing"
-    doc.text(f"Per layout, ordered by sharing ({'branch point' if x == 'branch_point' else 'mean over blocks of (T − groups)/(T − 1)'}). "
+    axis = ("branch point" if x == "branch_point"
+            else "sharing = mean over blocks of (T − groups)/(T − 1)")
+    doc.text(f"Per layout, ordered by sharing ({axis}). "
              "Clean columns are each task's primary metric; white-box Δ uses "
              f"{attack.label() if attack else '–'}; cross-task Δ is the mean damage on tasks "
              "that were not attacked (off-diagonal of section 3). More sharing is expected to "

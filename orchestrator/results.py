@@ -47,7 +47,7 @@ _TRIAL_COLUMNS: list[tuple[str, pa.DataType, bool]] = [
 
 _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
     "measurements": _TRIAL_COLUMNS + [
-        ("surrogate_id", pa.string(), True),  # model the attack was crafted on (null = this trial's)
+        ("surrogate_id", pa.string(), True),  # model the attack was crafted on
         ("target_id", pa.string(), True),     # model evaluated under transfer (null = white-box)
         ("kind", pa.string(), False),         # clean | whitebox | cross_task | transfer
         ("attack_method", pa.string(), False),  # "none" for clean rows

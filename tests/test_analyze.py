@@ -139,7 +139,8 @@ def test_delta_by_objective_matches_the_stored_values(tables: A.Tables) -> None:
     for k in (0, 2, 5):
         for objective in OBJ_SCALE:
             for eps in (2.0, 4.0):
-                got = frame.filter((pl.col("layout") == layout(k)) & (pl.col("regime") == "standard")
+                got = frame.filter((pl.col("layout") == layout(k))
+                                   & (pl.col("regime") == "standard")
                                    & (pl.col("objective") == objective) & (pl.col("eps") == eps))
                 assert got.height == 1 and got["trials"][0] == 2
                 assert got["delta"][0] == pytest.approx(white_delta(k, objective, eps, False, 4))

@@ -1,4 +1,4 @@
-"""`mtlsweep analyze DIR --out DIR`: tables, PNG plots and report.md from a sweep's parquet files."""
+"""`mtlsweep analyze DIR --out DIR`: tables, PNG plots and report.md from parquet results."""
 from __future__ import annotations
 
 import argparse
