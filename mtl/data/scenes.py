@@ -1,0 +1,256 @@
+"""SyntheticScenes: the embedded multi-task dataset (procedural 3-D rooms), cached on disk.
+
+Each sample is one scene drawn from a generator seeded by a hash of (split, index, seed)
+(`mtl.data.scene_geometry`) and ray-cast into an image and six labels of the same geometry
+(`mtl.data.render`). A split is rendered once per (split, size, length, seed, renderer
+version) into `<cache_dir>/scenes/<...>-<hash>/` as one .npy per label (uint8 image and
+segmentation, float16 depth / normals / edges / keypoints) and then memory-mapped, so many
+trial processes share one copy through the page cache. The directory is built under a
+temporary name and renamed into place, so a crashed or concurrent render never leaves a
+half-written cache behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mtl.data import render as _render
+from mtl.data import scene_geometry as geo
+
+SPLITS = ("train", "val", "test")
+DEFAULT_LENGTHS = {"train": 2000, "val": 500, "test": 500}
+TASKS = ("segment_semantic", "depth_zbuffer", "normal", "edge_texture", "keypoints2d",
+         "scene_class")
+TASK_CHANNELS = {"segment_semantic": geo.NUM_SEG_CLASSES, "depth_zbuffer": 1, "normal": 3,
+                 "edge_texture": 1, "keypoints2d": 1, "scene_class": geo.NUM_OBJECT_CLASSES}
+SIZE_RANGE = (8, 512)
+STORAGE_VERSION = 1
+# stored array -> dtype on disk (converted to the batch contract's dtypes in __getitem__)
+_STORED = {"image": np.uint8, "segment_semantic": np.uint8, "depth_zbuffer": np.float16,
+           "normal": np.float16, "edge_texture": np.float16, "keypoints2d": np.float16,
+           "scene_class": np.uint8}
+_PROGRESS_AFTER_S = 2.0
+
+
+def default_cache_dir() -> Path:
+    """`$MTLSWEEP_CACHE`, else `~/.cache/mtlsweep`."""
+    env = os.environ.get("MTLSWEEP_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mtlsweep"
+
+
+def render_samples(split: str, indices: Sequence[int] | np.ndarray, seed: int = 0, size: int = 64,
+                   *, debug: bool = False) -> dict:
+    """Render samples `indices` of `split` without any cache (renderer output dtypes).
+
+    Sample i is identical whatever other indices are rendered with it. `debug=True` adds the
+    renderer's ground-truth extras (object ids per pixel, visible pixel counts, ...) and
+    "params", the `SceneParams` (camera pose, objects) the samples were rendered from.
+    """
+    params = scene_params(split, indices, seed)
+    out = _render.render(params, size, debug=debug)
+    if debug:
+        out["params"] = params
+    return out
+
+
+def scene_params(split: str, indices: Sequence[int] | np.ndarray, seed: int = 0) -> geo.SceneParams:
+    """The scene parameters of samples `indices` of `split` (for tests and inspection)."""
+    _check_split(split)
+    return geo.sample_scenes(geo.scene_keys(split, seed, np.asarray(indices, dtype=np.int64)))
+
+
+def _check_split(split: object) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split: unknown split {split!r}; allowed: {list(SPLITS)}")
+
+
+def _check_int(field: str, value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{field}: must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{field}: must be {allowed}, got {value}")
+    return int(value)
+
+
+def _check_tasks(tasks: Iterable[str] | None) -> tuple[str, ...]:
+    if tasks is None:
+        return TASKS
+    if isinstance(tasks, str) or not isinstance(tasks, Iterable):
+        raise ValueError(f"tasks: must be a sequence of task names (allowed: {list(TASKS)}), "
+                         f"got {tasks!r}")
+    names = tuple(dict.fromkeys(tasks))
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise ValueError(f"tasks: unknown task(s) {unknown}; allowed: {list(TASKS)}")
+    if not names:
+        raise ValueError(f"tasks: must name at least one task; allowed: {list(TASKS)}")
+    return names
+
+
+class SyntheticScenes(Dataset):
+    """Procedural indoor scenes with six dense / image-level labels from the same geometry.
+
+    Labels: segment_semantic (floor, wall, ceiling + 8 object classes = 11 classes; no 255
+    since every ray hits the room), depth_zbuffer (metres along the optical axis), normal
+    (camera frame, OpenCV axes, unit), edge_texture (Sobel magnitude of the un-shaded albedo),
+    keypoints2d (Gaussian heat-map of visible object keypoints), scene_class (class of the
+    object with the most visible pixels; 8 classes).
+    """
+
+    name = "scenes"
+
+    def __init__(self, split: str = "train", size: int = 64, length: int | None = None,
+                 seed: int = 0, tasks: Iterable[str] | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        _check_split(split)
+        self.split = split
+        self.size = _check_int("size", size, *SIZE_RANGE)
+        self.length = (DEFAULT_LENGTHS[split] if length is None
+                       else _check_int("length", length, 1))
+        self.seed = _check_int("seed", seed, 0, 2**63 - 1)
+        self.tasks = _check_tasks(tasks)
+        self.task_channels = {t: TASK_CHANNELS[t] for t in self.tasks}
+        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+            raise ValueError(f"cache_dir: must be a path or None, got {cache_dir!r}")
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"cache_dir: {str(root)!r} exists and is not a directory")
+        self.cache_path = root / "scenes" / f"{split}-{self.size}px-n{self.length}-seed{self.seed}-{self.cache_key}"
+        self._arrays = self._open_or_render()
+
+    @property
+    def cache_key(self) -> str:
+        """Hash of everything the rendered arrays depend on (16 hex characters)."""
+        spec = {"dataset": self.name, "split": self.split, "size": self.size,
+                "length": self.length, "seed": self.seed, "renderer": _render.RENDERER_VERSION,
+                "geometry": geo.GEOMETRY_VERSION, "storage": STORAGE_VERSION}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        n, s = self.length, self.size
+        return {"image": (n, 3, s, s), "segment_semantic": (n, s, s), "depth_zbuffer": (n, s, s),
+                "normal": (n, 3, s, s), "edge_texture": (n, s, s), "keypoints2d": (n, s, s),
+                "scene_class": (n,)}
+
+    def _load(self, path: Path) -> dict[str, np.ndarray] | None:
+        """The cached arrays at `path`, or None when it is missing or does not match."""
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            if meta.get("key") != self.cache_key:
+                return None
+            arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r", allow_pickle=False)
+                      for k in _STORED}
+        except (OSError, ValueError):
+            return None
+        shapes = self._shapes()
+        ok = all(a.shape == shapes[k] and a.dtype == _STORED[k] for k, a in arrays.items())
+        return arrays if ok else None
+
+    def _open_or_render(self) -> dict[str, np.ndarray]:
+        arrays = self._load(self.cache_path)
+        if arrays is not None:
+            return arrays
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.cache_path.name}.tmp-",
+                                    dir=self.cache_path.parent))
+        try:
+            self._render_into(tmp)
+            os.chmod(tmp, 0o755)                  # mkdtemp makes it private; the cache is shared
+            if self.cache_path.exists():          # stale or broken: replace it
+                shutil.rmtree(self.cache_path, ignore_errors=True)
+            try:
+                os.rename(tmp, self.cache_path)
+            except OSError:                       # a concurrent render got there first
+                if self._load(self.cache_path) is None:
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        arrays = self._load(self.cache_path)
+        if arrays is None:
+            raise RuntimeError(f"scenes cache at {self.cache_path} unreadable right after writing")
+        return arrays
+
+    def _render_into(self, out_dir: Path) -> None:
+        """Render all samples chunk by chunk into memory-mapped .npy files under out_dir."""
+        shapes = self._shapes()
+        files = {k: np.lib.format.open_memmap(out_dir / f"{k}.npy", mode="w+", dtype=_STORED[k],
+                                              shape=shapes[k]) for k in _STORED}
+        chunk = max(1, (1 << 19) // (self.size * self.size))
+        start = last = time.perf_counter()
+        shown = False
+        for lo in range(0, self.length, chunk):
+            hi = min(self.length, lo + chunk)
+            out = _render.render(scene_params(self.split, np.arange(lo, hi), self.seed), self.size)
+            for k, arr in _to_storage(out).items():
+                files[k][lo:hi] = arr
+            now = time.perf_counter()
+            if now - start > _PROGRESS_AFTER_S and (now - last > 0.5 or hi == self.length):
+                rate = hi / (now - start)
+                print(f"\rscenes[{self.split}, {self.size}px]: rendered {hi}/{self.length} "
+                      f"({rate:.0f} images/s)", end="", file=sys.stderr, flush=True)
+                shown, last = True, now
+        if shown:
+            print(file=sys.stderr, flush=True)
+        for arr in files.values():
+            arr.flush()
+        del files
+        meta = {"key": self.cache_key, "split": self.split, "size": self.size,
+                "length": self.length, "seed": self.seed,
+                "renderer": _render.RENDERER_VERSION, "geometry": geo.GEOMETRY_VERSION}
+        (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        i = operator.index(index)
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} samples")
+        a = self._arrays
+        out = {"image": torch.from_numpy(a["image"][i].astype(np.float32)).div_(255.0)}
+        for task in self.tasks:
+            v = a[task][i]
+            if task == "segment_semantic":
+                out[task] = torch.from_numpy(v.astype(np.int64))
+            elif task == "scene_class":
+                out[task] = torch.tensor(int(v), dtype=torch.long)
+            elif task == "normal":
+                n = v.astype(np.float32)
+                n /= np.maximum(np.sqrt((n * n).sum(0, keepdims=True)), 1e-12)
+                out[task] = torch.from_numpy(n)
+            else:
+                out[task] = torch.from_numpy(v.astype(np.float32))[None]
+        return out
+
+    def __repr__(self) -> str:
+        return (f"SyntheticScenes(split={self.split!r}, size={self.size}, length={self.length}, "
+                f"seed={self.seed}, tasks={list(self.tasks)})")
+
+
+def _to_storage(out: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    """Renderer output -> the compact on-disk dtypes."""
+    return {
+        "image": (out["image"] * 255.0).round_().numpy().astype(np.uint8),
+        "segment_semantic": out["segment_semantic"].numpy().astype(np.uint8),
+        "depth_zbuffer": out["depth_zbuffer"].numpy().astype(np.float16),
+        "normal": out["normal"].numpy().astype(np.float16),
+        "edge_texture": out["edge_texture"].numpy().astype(np.float16),
+        "keypoints2d": out["keypoints2d"].numpy().astype(np.float16),
+        "scene_class": out["scene_class"].numpy().astype(np.uint8),
+    }
