@@ -22,6 +22,9 @@ PRIMARY_METRICS: dict[str, str] = {
     "edge_texture": "l1", "keypoints2d": "l1", "scene_class": "accuracy"}
 OBJECTIVE_PREFERENCE: tuple[str, ...] = ("dgba", "total", "signsum", "minmax")
 _NOT_ADVERSARIAL = ("none", "", "false", "no", "standard")
+UNDEFINED_DELTA = 1e6
+"""|Δ| at or above this is a clean metric at the 1e-12 floor (e.g. an accuracy of 0): the relative
+change is undefined there, so such values are left out of every mean (the report counts them)."""
 TRIAL = ["sweep", "trial_id"]
 
 
@@ -145,9 +148,13 @@ def final_epoch(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.filter(pl.col("epoch") == pl.col("epoch").max().over(TRIAL))
 
 
+def _valid_delta() -> pl.Expr:
+    return pl.col("rel_change").is_finite() & (pl.col("rel_change").abs() < UNDEFINED_DELTA)
+
+
 def _finite_delta(frame: pl.LazyFrame, kind: str) -> pl.LazyFrame:
     return frame.filter((pl.col("kind") == kind) & (pl.col("metric") == "delta")
-                        & pl.col("rel_change").is_finite())
+                        & _valid_delta())
 
 
 def reference_attack(frame: pl.DataFrame) -> Attack | None:
@@ -294,7 +301,7 @@ def _transfer_values() -> list[pl.Expr]:
     success = (pl.col("task") == "scene_class") & (pl.col("metric") == "success_rate")
     delta = (pl.col("task") == "mean") & (pl.col("metric") == "delta")
     return [pl.col("adv").filter(success & pl.col("adv").is_finite()).mean().alias("success_rate"),
-            pl.col("rel_change").filter(delta & pl.col("rel_change").is_finite()).mean()
+            pl.col("rel_change").filter(delta & _valid_delta()).mean()
             .alias("transfer_delta")]
 
 
@@ -370,7 +377,9 @@ def overview(t: Tables) -> dict[str, object]:
     m = t.measurements.select(
         pl.col("sweep").unique().sort().implode().alias("sweeps"),
         pl.struct(TRIAL).n_unique().alias("trials"), pl.col("layout").n_unique().alias("layouts"),
-        pl.len().alias("rows")).collect()
+        pl.len().alias("rows"),
+        ((pl.col("metric") == "delta") & (pl.col("rel_change").abs() >= UNDEFINED_DELTA)).sum()
+        .alias("undefined_deltas")).collect()
     return m.row(0, named=True)
 
 
