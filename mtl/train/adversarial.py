@@ -48,7 +48,8 @@ class AdvTrainConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "options", dict(self.options))
+        if isinstance(self.options, Mapping):
+            object.__setattr__(self, "options", dict(self.options))
         self.validate()
 
     def validate(self) -> None:
@@ -77,6 +78,17 @@ class AdvTrainConfig:
         w = self.clean_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
             raise ValueError(f"adv.clean_weight: must be a number in [0, 1], got {w!r}")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"adv.options: must be a mapping of attack options, "
+                             f"got {self.options!r}")
+        if self.options:  # checked by the attack library's own validator, before any work
+            from mtl.attacks.registry import validate_attack
+
+            try:
+                validate_attack(self.method, self.objective, float(self.eps), self.steps,
+                                self.options)
+            except ValueError as err:
+                raise ValueError(f"adv.options: {err}") from None
 
     def task(self) -> str | None:
         """The attacked task for `single:<task>` objectives, else None."""

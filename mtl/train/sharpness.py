@@ -232,7 +232,8 @@ def measure_sharpness(model: nn.Module, dataset: Any, cfg: SharpnessConfig, *,
     """λ_max, Hessian trace and SAM-sharpness of the weighted multi-task training loss.
 
     The subset is `cfg.num_samples` items of `dataset` drawn with `cfg.seed` (the same items at
-    every checkpoint). Returns `{"subset_loss", "lambda_max", "sam_sharpness"[, "hessian_trace"]}`.
+    every checkpoint). Returns `{"subset_loss", "lambda_max", "sam_sharpness"}` plus
+    `"hessian_trace"` when `cfg.hutchinson_samples > 0`.
     The model's train/eval mode is restored afterwards.
     """
     from mtl.tasks import task_loss  # late: the registry is only needed for real models

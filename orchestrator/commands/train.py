@@ -29,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train one multi-task model (SGD/Adam, SAM/RFN, adversarial training)",
         description="Train one multi-task model and keep checkpoints at the given epochs.")
     arch = p.add_mutually_exclusive_group(required=True)
-    arch.add_argument("--layout", help="canonical layout string, e.g. '0+1+2|0+1+2|0,1,2|0,1,2|0,1,2'")
+    arch.add_argument("--layout",
+                      help="canonical layout string, e.g. '0+1+2|0+1+2|0,1,2|0,1,2|0,1,2'")
     arch.add_argument("--branch-point", type=int, metavar="K",
                       help="share backbone blocks < K, then every task alone")
     p.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, metavar="TASK")
