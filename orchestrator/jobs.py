@@ -128,6 +128,17 @@ def check_storage(storage: str | None) -> str:
                      "(e.g. /mnt/shared/runs) or a bucket URI (s3://..., gs://...)")
 
 
+def check_model_store(storage: str, store_path: str | None) -> None:
+    """The model store needs file locks on a filesystem every node mounts: under a shared
+    ``storage`` path by default; with a bucket, ``store.path`` must name such a directory."""
+    from orchestrator.store import model_store_dir
+
+    if store_path is not None and not store_path.startswith("/"):
+        raise ValueError(f"store.path: {store_path!r} is relative; on a cluster give an absolute "
+                         "path on a filesystem every node mounts (e.g. /mnt/shared/models)")
+    model_store_dir(storage, store_path)  # ValueError naming store.path for a bare bucket
+
+
 def build_entrypoint(sweep: str, storage: str, *, python: str = "python") -> str:
     """The command the job runs on the head node (``sweep`` relative to the working dir)."""
     return shlex.join([python, "-m", "orchestrator.cli", "run", sweep, "--storage", storage])
@@ -218,6 +229,7 @@ def submit_sweep(client: Any, sweep: str | os.PathLike, *, storage: str | None =
     rel = relative_sweep_path(sweep, root)
     spec = load_spec(Path(sweep), storage=storage)
     target = check_storage(spec.storage)
+    check_model_store(target, spec.store_path)
     runtime_env = build_runtime_env(root, pip=pip, include_torch=include_torch,
                                     excludes=excludes, env_vars=env_vars)
     return client.submit_job(

@@ -220,9 +220,10 @@ def test_connect_explains_an_unreachable_dashboard():
 
 # --- submission ------------------------------------------------------------------------------------
 def test_submit_sweep_builds_the_job(project):
+    sweep = project / "sweeps" / "tiny.yaml"
+    sweep.write_text(SWEEP + "store: {path: /mnt/shared/models}\n")
     client = FakeClient()
-    job_id = jobs.submit_sweep(client, project / "sweeps" / "tiny.yaml",
-                               storage="s3://bucket/runs", working_dir=project)
+    job_id = jobs.submit_sweep(client, sweep, storage="s3://bucket/runs", working_dir=project)
     (call,) = client.submitted
     assert job_id == call["submission_id"] and job_id.startswith("mtlsweep-tiny-")
     assert shlex.split(call["entrypoint"]) == [
@@ -309,3 +310,30 @@ def test_cli_reports_an_unreachable_cluster(monkeypatch, capsys):
     monkeypatch.setattr(jobs, "connect", refuse)
     assert cli.main(["status", "job-7", "--address", "http://h:1"]) == 1
     assert "mtlsweep status: error: cannot reach" in capsys.readouterr().err
+
+
+def test_model_store_must_be_shared():
+    jobs.check_model_store("/mnt/shared/runs", None)
+    jobs.check_model_store("s3://bucket/runs", "/mnt/shared/models")
+    with pytest.raises(ValueError, match="^store.path: storage 's3://bucket/runs'"):
+        jobs.check_model_store("s3://bucket/runs", None)
+    with pytest.raises(ValueError, match="^store.path: 'models' is relative"):
+        jobs.check_model_store("/mnt/shared/runs", "models")
+
+
+def test_bucket_without_store_path_is_refused_before_submitting(project):
+    client = FakeClient()
+    with pytest.raises(ValueError, match="^store.path:"):
+        jobs.submit_sweep(client, project / "sweeps" / "tiny.yaml", storage="s3://b/runs",
+                          working_dir=project)
+    assert client.submitted == []
+
+
+def test_rays_runtime_env_accepts_what_we_build(project):
+    """Ray's own RuntimeEnv validation (offline) takes our working_dir/excludes/pip/env_vars."""
+    from ray.runtime_env import RuntimeEnv
+
+    env = RuntimeEnv(**jobs.build_runtime_env(project, env_vars={"A": "1"}))
+    assert env["working_dir"] == str(project.resolve())
+    assert env["env_vars"] == {"A": "1"}
+    assert any("polars" in p for p in env["pip"]["packages"])
