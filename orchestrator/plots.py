@@ -65,14 +65,12 @@ def tradeoff(frame: pl.DataFrame, x: str, attack_label: str, path: Path) -> Path
     """Clean metrics, white-box Δ and cross-task Δ against the amount of sharing."""
     frame = frame.filter(pl.col(x).is_not_null()).sort(x)
     clean_cols = [c for c in frame.columns if c.startswith("clean ")]
-    fig, axes = _figure(3)
-    for col in clean_cols:
-        axes[0].plot(frame[x], frame[col], marker="o", label=col.removeprefix("clean "))
-    axes[0].set_title("clean performance")
-    if clean_cols:
-        axes[0].legend(fontsize=6)
-    for ax, col, title in ((axes[1], "whitebox_delta", f"white-box Δ ({attack_label})"),
-                           (axes[2], "cross_task_delta", "cross-task Δ (off-diagonal mean)")):
+    fig, axes = _figure(len(clean_cols) + 2)  # one panel per clean metric: their scales differ
+    for ax, col in zip(axes, clean_cols):
+        ax.plot(frame[x], frame[col], marker="o", color="tab:blue")
+        ax.set_title(col, fontsize=9)
+    for ax, col, title in ((axes[-2], "whitebox_delta", f"white-box Δ ({attack_label})"),
+                           (axes[-1], "cross_task_delta", "cross-task Δ (off-diagonal mean)")):
         if col in frame.columns:
             ax.plot(frame[x], frame[col], marker="o", color="tab:red")
         else:
