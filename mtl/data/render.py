@@ -16,9 +16,9 @@ One camera ray per pixel, all scenes of a batch at once; no per-pixel Python loo
 - edge_texture: Sobel gradient magnitude of the un-shaded albedo luminance (texture and
   material boundaries, including object outlines where the albedo changes; not lighting), / 4,
   clipped to [0, 1].
-- keypoints2d: max of Gaussians (sigma = 1.5 px at 64 px, scaled with size) at the projections
-  of each object's keypoints (box corners, cylinder rims, cone apex and base, sphere top and
-  equator points) that are in the image and not occluded (z-buffer test).
+- keypoints2d: max of Gaussians (sigma = 1.5 px at 64 px, scaled with size, >= 1 px) at the
+  projections of each object's keypoints (box corners, cylinder rims, cone apex and base,
+  sphere top and equator points) that are in the image and not occluded (z-buffer test).
 - scene_class: object class of the object with the most visible pixels.
 Bit-for-bit deterministic per scene: only elementwise ops, min/max reductions and integer
 counts, so a scene renders identically in any batch.
@@ -212,7 +212,7 @@ def _keypoints(s: geo.SceneParams, pairs: dict[str, np.ndarray], depth: np.ndarr
     bb = np.broadcast_to(b[:, None], z.shape)
     zbuf = depth[bb, np.clip(vi, 0, size - 1), np.clip(ui, 0, size - 1)]
     visible = inside & (z <= zbuf * 1.03 + 0.03)        # not behind the visible surface
-    sigma = 1.5 * size / 64.0
+    sigma = max(1.0, 1.5 * size / 64.0)
     off = np.arange(-math.ceil(3 * sigma), math.ceil(3 * sigma) + 1)
     sel = np.nonzero(visible)
     xs, ys = np.broadcast_arrays(ui[sel][:, None, None] + off[None, None, :],
@@ -386,7 +386,7 @@ def render(scenes: geo.SceneParams, size: int, *, debug: bool = False) -> dict:
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "keypoints"}
     if debug:
         offsets = np.cumsum([0] + [p["scene_class"].shape[0] for p in parts])
-        info = {k: np.concatenate([p["keypoints"][k] + (o if k == "b" else 0)
+        info = {k: np.concatenate([p["keypoints"][k] + o if k == "b" else p["keypoints"][k]
                                    for p, o in zip(parts, offsets)]) for k in parts[0]["keypoints"]}
         out["keypoints"] = info
     return out

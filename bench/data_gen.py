@@ -1,0 +1,69 @@
+"""Rendering throughput of the synthetic scenes (no cache): images per second at 64x64.
+
+Renders `--images` scenes (default 2000) in dataset-sized chunks, sampling included, and
+reports wall-clock and CPU-time rates side by side (CPU time is the fairer number on a shared
+machine). With --workers 2 the same work is split over two processes, the dataset's layout on
+a 2-core machine. The last line of output is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mtl.data import render as render_mod  # noqa: E402
+from mtl.data.scenes import scene_params  # noqa: E402
+
+
+def _render_range(args: tuple[int, int, int, int]) -> tuple[float, float]:
+    """Render indices [lo, hi) in chunks; returns (wall seconds, CPU seconds) of this process."""
+    lo, hi, size, chunk = args
+    torch.set_num_threads(1)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for start in range(lo, hi, chunk):
+        render_mod.render(scene_params("train", np.arange(start, min(hi, start + chunk))), size)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1, choices=(1, 2))
+    args = parser.parse_args(argv)
+    if args.images < 1:
+        raise ValueError(f"images: must be >= 1, got {args.images}")
+    torch.set_num_threads(1)
+    chunk = max(1, (1 << 19) // (args.size * args.size))
+    _render_range((0, min(chunk, args.images), args.size, chunk))        # warm-up
+    wall = time.perf_counter()
+    if args.workers == 1:
+        cpu_parts = [_render_range((0, args.images, args.size, chunk))[1]]
+    else:
+        half = args.images // 2
+        with ProcessPoolExecutor(2) as pool:
+            cpu_parts = [c for _, c in pool.map(_render_range, [(0, half, args.size, chunk),
+                                                                (half, args.images, args.size, chunk)])]
+    wall = time.perf_counter() - wall
+    per_cpu = args.images / sum(cpu_parts)
+    load = os.getloadavg()[0]
+    print(f"rendered {args.images} images at {args.size}x{args.size} with {args.workers} "
+          f"process(es): {args.images / wall:.0f} images/s wall, {per_cpu:.0f} images/s per CPU "
+          f"second (load average {load:.1f} on {os.cpu_count()} cores)")
+    print(json.dumps({"bench": "data_gen", "size": args.size, "images": args.images,
+                      "workers": args.workers, "images_per_s": round(args.images / wall, 1),
+                      "images_per_cpu_s": round(per_cpu, 1), "load_avg": round(load, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
