@@ -104,7 +104,9 @@ def _tuner_parts(spec: SweepSpec) -> tuple[Any, Any, Any]:
                               "max_concurrent_trials": spec.max_concurrent or None}
     if search["mode"] == "random":
         kwargs["num_samples"] = search["num_samples"]
-        kwargs["search_alg"] = BasicVariantGenerator(random_state=search["seed"])
+        # Tune applies max_concurrent_trials only to Searchers; the generator limits itself.
+        kwargs["search_alg"] = BasicVariantGenerator(
+            random_state=search["seed"], max_concurrent=kwargs.pop("max_concurrent_trials") or 0)
         sched = search["scheduler"]
         if sched["name"] == "asha":
             epochs = max([spec.training["epochs"]]
@@ -112,10 +114,23 @@ def _tuner_parts(spec: SweepSpec) -> tuple[Any, Any, Any]:
             kwargs["scheduler"] = ASHAScheduler(
                 metric=sched["metric"], mode=sched["goal"], max_t=epochs + 1,
                 grace_period=sched["grace_period"], reduction_factor=sched["reduction_factor"])
+    # One compact status table (the axes and a few metrics) instead of Tune's default dump of
+    # every config key per trial; RAY_AIR_NEW_OUTPUT=1 in the environment brings that back.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpointing every epoch forces frequent experiment snapshots by design (they are what
+    # makes `resume` continue mid-trial); Tune's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    reporter = tune.CLIReporter(
+        parameter_columns={"layout": "layout", "adv/objective": "AT", "rho": "rho",
+                           "optimizer": "opt", "seed": "seed", "epochs": "epochs"},
+        metric_columns={"training_iteration": "iter", "train_loss": "train loss",
+                        "whitebox_delta": "white-box Δ", "transfer_success": "transfer"},
+        max_report_frequency=30)
     run_config = tune.RunConfig(
         name=spec.name, storage_path=_storage_uri(spec.storage),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
+        progress_reporter=reporter)
     return trainable, tune.TuneConfig(**kwargs), run_config
 
 
