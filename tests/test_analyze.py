@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 import pytest
@@ -321,3 +322,54 @@ def test_undefined_deltas_are_left_out_and_counted(tmp_path: Path) -> None:
     result = A.analyze(tmp_path / "zero", tmp_path / "out")
     assert result.summary["Δ ε=8"].to_list() == pytest.approx([-0.16, -0.08])
     assert "**1 Δ values of magnitude ≥ 1e+06 were left out" in result.report.read_text()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny convolutions run several times faster on one thread on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_rows_of_the_real_evaluation_flow_through_sink_and_report(tmp_path: Path,
+                                                                  one_thread: None) -> None:
+    """mtl.evaluate rows (tiny untrained models) -> write_trial_table -> analyze."""
+    import torch
+
+    from mtl.attacks import AttackSpec
+    from mtl.evaluate import cross_task_rows, evaluate_attacks, evaluate_clean, evaluate_transfer
+    from mtl.models import Layout, build_model
+
+    tasks = ("segment_semantic", "depth_zbuffer", "scene_class")
+    channels = {"segment_semantic": 4, "depth_zbuffer": 1, "scene_class": 3}
+    g = torch.Generator().manual_seed(0)
+    loader = [{"image": torch.rand(4, 3, 16, 16, generator=g),
+               "segment_semantic": torch.randint(0, 4, (4, 16, 16), generator=g),
+               "depth_zbuffer": torch.rand(4, 1, 16, 16, generator=g) + 0.5,
+               "scene_class": torch.randint(0, 3, (4,), generator=g)}]
+    specs = [AttackSpec("fgsm", objective, 8, 1) for objective in ("dgba", "total")]
+    target = build_model(Layout.branch_point(5, 3, 5), tasks, channels, width=4)
+    for k in (0, 5):
+        torch.manual_seed(k)
+        model = build_model(Layout.branch_point(k, 3, 5), tasks, channels, width=4)
+        common = dict(attempt=0, layout=str(model.layout), branch_point=k, adv_train="none",
+                      rho=0.0, optimizer="sgd", seed=0, epoch=1, surrogate_id=f"k{k}")
+        rows = [dict(common, kind="clean", attack_method="none", objective="none", eps=0.0,
+                     steps=0, task=task, metric=metric, clean=value)
+                for task, metrics in evaluate_clean(model, loader).items()
+                for metric, value in metrics.items()]
+        rows += [dict(common, kind="whitebox", **r) for r in evaluate_attacks(model, loader, specs)]
+        rows += [dict(common, kind="cross_task", **r)
+                 for r in cross_task_rows(model, loader, "fgsm", 8, 1)]
+        rows += [dict(common, kind="transfer", **r)
+                 for r in evaluate_transfer(model, {"tgt": target}, loader, specs)]
+        write_trial_table(tmp_path, "real", "measurements", f"k{k}", rows)
+    result = A.analyze(tmp_path / "real", tmp_path / "out")
+    assert result.summary["objective"].to_list() == ["dgba", "total"]
+    assert {"delta_by_objective", "tradeoff", "cross_task", "early_stopping"} <= set(
+        result.tables)
+    assert result.tables["cross_task"].height == 3
