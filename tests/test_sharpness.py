@@ -121,3 +121,25 @@ def test_config_round_trip_and_unknown_key() -> None:
     assert SharpnessConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown key"):
         SharpnessConfig.from_dict({"rh0": 1.0})
+
+
+def test_measure_sharpness_on_a_real_model_is_repeatable_and_side_effect_free() -> None:
+    from mtl.data.scenes import SyntheticScenes
+    from mtl.models import Layout, build_model
+    from mtl.train.sharpness import measure_sharpness
+
+    tasks = ("segment_semantic", "depth_zbuffer")
+    ds = SyntheticScenes("train", size=16, length=12, tasks=tasks)
+    torch.manual_seed(0)
+    model = build_model(Layout.branch_point(3, 2), list(tasks),
+                        {t: ds.task_channels[t] for t in tasks}, width=4).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    cfg = SharpnessConfig(num_samples=6, power_iters=4, hutchinson_samples=2, ascent_steps=2)
+    first = measure_sharpness(model, ds, cfg)
+    assert measure_sharpness(model, ds, cfg) == first
+    assert set(first) == {"subset_loss", "lambda_max", "hessian_trace", "sam_sharpness"}
+    assert all(math.isfinite(v) for v in first.values()) and first["sam_sharpness"] >= 0
+    assert model.training and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())

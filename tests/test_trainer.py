@@ -223,3 +223,37 @@ def test_bad_train_inputs_raise_before_work(data) -> None:
 
 def _same_weights_dict(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_train_prints_kept_epochs_and_resumes(tmp_path: Path, capsys) -> None:
+    from orchestrator.cli import main
+
+    args = ["train", "--branch-point", "2", "--size", "16", "--train-len", "16", "--val-len",
+            "8", "--epochs", "2", "--keep", "1", "2", "--batch-size", "8", "--width", "4",
+            "--lr", "0.05", "--milestones", "2", "--rho", "0.1", "--threads", "1",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "epoch 2/2" in captured.err  # progress on stderr
+    out = captured.out
+    assert "epoch 1:" in out and "epoch 2: lr 0.005 (decayed)" in out
+    assert str(tmp_path / "epoch_002.pt") in out and "miou" in out
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["epoch_001.pt", "epoch_002.pt"]
+    first = torch.load(tmp_path / "epoch_002.pt", weights_only=True)
+    assert main(args + ["--resume", "--quiet"]) == 0  # finished state: nothing left to train
+    again = torch.load(tmp_path / "epoch_002.pt", weights_only=True)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert json.loads((tmp_path / "train_config.json").read_text())["rho"] == 0.1
+
+
+@pytest.mark.parametrize("extra, field", [(["--optimizer", "lbfgs"], "optimizer"),
+                                          (["--keep", "9"], "keep_epochs"),
+                                          (["--adv-objective", "dgbaa"], "adv.objective"),
+                                          (["--dataset", "imagenet"], "--dataset")])
+def test_cli_train_rejects_bad_arguments(tmp_path: Path, capsys, extra: list, field: str) -> None:
+    from orchestrator.cli import main
+
+    code = main(["train", "--branch-point", "1", "--epochs", "2", "--out",
+                 str(tmp_path / "o")] + extra)
+    assert code == 2 and field in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # rejected before any work
