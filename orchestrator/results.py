@@ -236,7 +236,10 @@ def write_trial_table(storage: str | os.PathLike, sweep: str, table: str, trial_
         directory.mkdir(parents=True, exist_ok=True)
         tmp, final = directory / tmp_name, directory / final_name
         try:
-            pq.write_table(data, str(tmp))
+            with open(tmp, "wb") as sink:
+                pq.write_table(data, sink)
+                sink.flush()
+                os.fsync(sink.fileno())  # the rename must never expose a file still in cache
             os.replace(tmp, final)
         finally:
             if tmp.exists():
@@ -249,10 +252,12 @@ def write_trial_table(storage: str | os.PathLike, sweep: str, table: str, trial_
         with fs.open_output_stream(tmp) as sink:
             pq.write_table(data, sink)
         try:
-            fs.delete_file(final)  # some object stores refuse to move over an existing key
-        except FileNotFoundError:
-            pass
-        fs.move(tmp, final)
+            fs.move(tmp, final)  # object stores copy over the key: readers see old or new rows
+        except OSError:
+            if fs.get_file_info(final).type == pafs.FileType.NotFound:
+                raise
+            fs.delete_file(final)  # a filesystem that refuses to move over an existing file
+            fs.move(tmp, final)
     finally:
         if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
             fs.delete_file(tmp)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import polars as pl
@@ -180,3 +181,29 @@ def test_old_schema_files_are_read_beside_new_ones(tmp_path: Path) -> None:
     assert df["kind"].to_list() == [None, "whitebox"]
     assert df["epoch"].to_list() == [5, 3] and df["epoch"].dtype == pl.Int64
     assert df["rel_change"].to_list() == [-0.125, -0.25]
+
+
+def test_uri_storage_writes_through_the_pyarrow_filesystem(monkeypatch) -> None:
+    """Non-local URIs go through pyarrow.fs (a mock filesystem stands in for s3:// here)."""
+    import pyarrow.fs as pafs
+
+    mock = pafs._MockFileSystem()
+
+    class FileSystem:
+        @staticmethod
+        def from_uri(uri: str) -> tuple:
+            return mock, uri.split("://", 1)[1].strip("/")
+
+    fake = types.ModuleType("pyarrow.fs")
+    fake.__dict__.update(vars(pafs))
+    fake.FileSystem = FileSystem
+    monkeypatch.setattr(results, "pafs", fake)
+    for attempt in (0, 1):
+        uri = write_trial_table("s3://bucket/runs", "sw", "timings", "t0",
+                                [dict(attempt=attempt, phase="train", seconds=1.0)])
+    assert uri == "s3://bucket/runs/sw/results/timings/t0.parquet"
+    listing = mock.get_file_info(pafs.FileSelector("bucket/runs/sw/results/timings"))
+    assert [f.base_name for f in listing] == ["t0.parquet"]
+    with mock.open_input_file("bucket/runs/sw/results/timings/t0.parquet") as src:
+        assert pq.read_table(src)["attempt"].to_pylist() == [1]
+    assert result_files("s3://bucket/runs/sw", "timings") == [uri]
