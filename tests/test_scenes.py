@@ -317,6 +317,25 @@ def test_crashed_or_broken_render_leaves_no_cache(tmp_path: Path,
     assert (again.cache_path / "meta.json").exists()
 
 
+def test_concurrent_render_keeps_the_first_complete_cache(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    real = render_mod.render
+    winner = []
+
+    def racing(*args, **kwargs):           # another process finishes while this one renders
+        if not winner:
+            monkeypatch.setattr(render_mod, "render", real)
+            winner.append(SyntheticScenes("val", size=16, length=3, cache_dir=tmp_path))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(render_mod, "render", racing)
+    late = SyntheticScenes("val", size=16, length=3, cache_dir=tmp_path)
+    first = winner[0]
+    assert late.cache_path == first.cache_path
+    assert [p.name for p in (tmp_path / "scenes").iterdir()] == [first.cache_path.name]
+    assert torch.equal(late[1]["normal"], first[1]["normal"])
+
+
 def test_tasks_subset(tmp_path: Path) -> None:
     ds = SyntheticScenes("val", size=16, length=3, cache_dir=tmp_path,
                          tasks=("scene_class", "depth_zbuffer"))

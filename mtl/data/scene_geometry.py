@@ -1,7 +1,7 @@
 """Scene parameters of the synthetic multi-task dataset: class table, per-sample hashing, sampling.
 
 A scene is a box-shaped room (floor, walls, ceiling) holding 2-6 primitives that stand on the
-floor, a pinhole camera near the walls looking at object 0, and one point light under the
+floor, a pinhole camera 1.3-2.6 m from object 0 looking at it, and one point light under the
 ceiling. Everything here is plain numpy (float64) and vectorised over a batch of scenes; the
 renderer (`mtl.data.render`) turns a `SceneParams` into pixels and labels.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-GEOMETRY_VERSION = 1
+GEOMETRY_VERSION = 2
 
 ROOM_CLASSES = ("floor", "wall", "ceiling")
 OBJECT_CLASSES = ("ball", "globe", "crate", "slab", "barrel", "pillar", "cone", "spire")
@@ -59,21 +59,21 @@ class ObjectClass:
 
 
 CLASS_TABLE: tuple[ObjectClass, ...] = (
-    ObjectClass("ball", SPHERE, (0.18, 0.30), (0, 0), 0.00, (0.75, 0.95), (0.75, 0.95), MARBLE,
+    ObjectClass("ball", SPHERE, (0.20, 0.34), (0, 0), 0.00, (0.75, 0.95), (0.75, 0.95), MARBLE,
                 (1.5, 2.5), 0.65),
-    ObjectClass("globe", SPHERE, (0.32, 0.46), (0, 0), 0.60, (0.60, 0.85), (0.60, 0.90), CHECKER,
+    ObjectClass("globe", SPHERE, (0.36, 0.50), (0, 0), 0.60, (0.60, 0.85), (0.60, 0.90), CHECKER,
                 (3.0, 5.0), 1.0),
-    ObjectClass("crate", BOX, (0.22, 0.36), (0.22, 0.36), 0.08, (0.55, 0.75), (0.45, 0.65),
+    ObjectClass("crate", BOX, (0.25, 0.40), (0.25, 0.40), 0.08, (0.55, 0.75), (0.45, 0.65),
                 STRIPES, (4.0, 6.0), 0.6),
     ObjectClass("slab", BOX, (0.30, 0.40), (0.06, 0.12), 0.15, (0.60, 0.80), (0.80, 0.95), MARBLE,
                 (2.0, 3.0), 0.7),
-    ObjectClass("barrel", CYLINDER, (0.22, 0.34), (0.30, 0.50), 0.33, (0.50, 0.80), (0.40, 0.70),
+    ObjectClass("barrel", CYLINDER, (0.25, 0.38), (0.30, 0.55), 0.33, (0.50, 0.80), (0.40, 0.70),
                 STRIPES, (3.0, 5.0), 0.55),
-    ObjectClass("pillar", CYLINDER, (0.08, 0.14), (0.60, 1.00), 0.00, (0.00, 0.10), (0.75, 0.95),
+    ObjectClass("pillar", CYLINDER, (0.09, 0.16), (0.60, 1.00), 0.00, (0.00, 0.10), (0.75, 0.95),
                 CHECKER, (4.0, 6.0), 0.35),
-    ObjectClass("cone", CONE, (0.20, 0.32), (0.28, 0.45), 0.07, (0.85, 1.00), (0.90, 1.00),
+    ObjectClass("cone", CONE, (0.22, 0.36), (0.30, 0.50), 0.07, (0.85, 1.00), (0.90, 1.00),
                 STRIPES, (3.0, 4.0), 1.0),
-    ObjectClass("spire", CONE, (0.10, 0.18), (0.60, 1.00), 0.78, (0.50, 0.75), (0.50, 0.80),
+    ObjectClass("spire", CONE, (0.12, 0.20), (0.60, 1.00), 0.78, (0.50, 0.75), (0.50, 0.80),
                 CHECKER, (4.0, 6.0), 1.0),
 )
 assert len(CLASS_TABLE) == NUM_OBJECT_CLASSES
@@ -81,7 +81,9 @@ assert len(CLASS_TABLE) == NUM_OBJECT_CLASSES
 # Layout of the object region: a 3x3 grid of cells centred in the room; one object per cell,
 # jittered so that footprints never overlap and the camera ring stays outside the region.
 GRID, CELL = 3, 1.3
-CAM_RING = (3.0, 3.3)           # camera distance from the room centre (metres, horizontal)
+CAM_RING = (3.0, 3.3)           # fallback camera distance from the room centre (horizontal)
+CAM_DIST = (1.3, 2.6)           # preferred horizontal distance from object 0
+CAM_TRIES, CAM_CLEARANCE = 8, 0.25
 CAM_HEIGHT = (1.0, 2.0)
 ROOM_XY, ROOM_Z = (7.0, 9.0), (2.7, 3.3)
 
@@ -91,7 +93,8 @@ _U_CELLS = 15
 _U_SURF = _U_CELLS + GRID * GRID      # 3 room surfaces x 8
 _U_OBJ = _U_SURF + 3 * 8               # MAX_OBJECTS x 16
 _PER_OBJ = 16
-NUM_UNIFORMS = _U_OBJ + MAX_OBJECTS * _PER_OBJ
+_U_CAM_TRY = _U_OBJ + MAX_OBJECTS * _PER_OBJ
+NUM_UNIFORMS = _U_CAM_TRY + 2 * CAM_TRIES
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -211,7 +214,7 @@ def sample_scenes(keys: np.ndarray) -> SceneParams:
     active = np.arange(k)[None, :] < n_obj[:, None]
 
     # objects: class, size, cell position, yaw, texture
-    uo = u[:, _U_OBJ:].reshape(b, k, _PER_OBJ)
+    uo = u[:, _U_OBJ:_U_CAM_TRY].reshape(b, k, _PER_OBJ)
     cls = np.minimum((uo[..., 0] * NUM_OBJECT_CLASSES).astype(np.int64), NUM_OBJECT_CLASSES - 1)
     table = {f: np.array([getattr(c, f) for c in CLASS_TABLE])
              for f in ("shape", "radius", "half_height", "hue", "sat", "val", "texture", "freq",
@@ -252,11 +255,22 @@ def sample_scenes(keys: np.ndarray) -> SceneParams:
     surf_obj[..., 11] = np.where(marble, 0.8, 1.0)
     surfaces = np.concatenate([_room_surfaces(u[:, _U_SURF:_U_OBJ]), surf_obj], axis=1)
 
-    # camera on a ring around the room centre, looking at object 0 (so >= 1 object is visible)
+    # camera looking at object 0 (so >= 1 object is always visible) from the first of
+    # CAM_TRIES random spots near it that is clear of every object and of the walls; the
+    # fallback, a spot on a ring outside the object region, is always clear
     ang = u[:, _U_CAM] * 2.0 * np.pi
     ring = _lerp(u[:, _U_CAM + 1], *CAM_RING)
-    cam = np.stack([centre[:, 0] + ring * np.cos(ang), centre[:, 1] + ring * np.sin(ang),
-                    _lerp(u[:, _U_CAM + 2], *CAM_HEIGHT)], axis=-1)
+    cam_xy = np.stack([centre[:, 0] + ring * np.cos(ang), centre[:, 1] + ring * np.sin(ang)], -1)
+    ut = u[:, _U_CAM_TRY:_U_CAM_TRY + 2 * CAM_TRIES].reshape(b, CAM_TRIES, 2)
+    dist, theta = _lerp(ut[..., 0], *CAM_DIST), ut[..., 1] * 2.0 * np.pi
+    tries = center[:, None, 0, :2] + np.stack([dist * np.cos(theta), dist * np.sin(theta)], -1)
+    gap = np.linalg.norm(tries[:, :, None, :] - xy[:, None, :, :], axis=-1)   # [B, T, K]
+    clear = np.all((gap >= footprint[:, None, :] + CAM_CLEARANCE) | ~active[:, None, :], axis=-1)
+    clear &= np.all((tries >= CAM_CLEARANCE) & (tries <= room[:, None, :2] - CAM_CLEARANCE), -1)
+    first = np.argmax(clear, axis=1)
+    found = clear[np.arange(b), first]
+    cam_xy = np.where(found[:, None], tries[np.arange(b), first], cam_xy)
+    cam = np.concatenate([cam_xy, _lerp(u[:, _U_CAM + 2], *CAM_HEIGHT)[:, None]], axis=-1)
     target = center[:, 0] + (u[:, _U_TARGET:_U_TARGET + 3] - 0.5) * 0.2
     light = np.stack([_lerp(u[:, _U_LIGHT], 1.0, room[:, 0] - 1.0),
                       _lerp(u[:, _U_LIGHT + 1], 1.0, room[:, 1] - 1.0),

@@ -170,13 +170,13 @@ class SyntheticScenes(Dataset):
         try:
             self._render_into(tmp)
             os.chmod(tmp, 0o755)                  # mkdtemp makes it private; the cache is shared
-            if self.cache_path.exists():          # stale or broken: replace it
-                shutil.rmtree(self.cache_path, ignore_errors=True)
-            try:
-                os.rename(tmp, self.cache_path)
-            except OSError:                       # a concurrent render got there first
-                if self._load(self.cache_path) is None:
-                    raise
+            if self._load(self.cache_path) is None:    # else a concurrent render won: keep it
+                shutil.rmtree(self.cache_path, ignore_errors=True)   # broken leftovers
+                try:
+                    os.rename(tmp, self.cache_path)
+                except OSError:                   # a concurrent render got there first
+                    if self._load(self.cache_path) is None:
+                        raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         arrays = self._load(self.cache_path)
