@@ -295,6 +295,17 @@ def test_cache_is_reused_and_identical(tmp_path: Path, monkeypatch: pytest.Monke
         SyntheticScenes("test", size=SIZE, length=6, cache_dir=tmp_path)   # other key: renders
 
 
+def test_shorter_length_reuses_a_longer_cached_render(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    long = SyntheticScenes("val", size=16, length=7, cache_dir=tmp_path)
+    monkeypatch.setattr(render_mod, "render", lambda *a, **k: pytest.fail("rendered"))
+    short = SyntheticScenes("val", size=16, length=4, cache_dir=tmp_path)
+    assert len(short) == 4 and short.cache_path == long.cache_path
+    assert torch.equal(short[3]["keypoints2d"], long[3]["keypoints2d"])
+    with pytest.raises(IndexError):
+        short[4]
+
+
 def test_crashed_or_broken_render_leaves_no_cache(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     real = render_mod.render

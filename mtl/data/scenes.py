@@ -7,7 +7,7 @@ version) into `<cache_dir>/scenes/<...>-<hash>/` as one .npy per label (uint8 im
 segmentation, float16 depth / normals / edges / keypoints) and then memory-mapped, so many
 trial processes share one copy through the page cache. The directory is built under a
 temporary name and renamed into place, so a crashed or concurrent render never leaves a
-half-written cache behind.
+half-written cache behind. A shorter length of a split that is cached longer reads its prefix.
 """
 from __future__ import annotations
 
@@ -129,39 +129,64 @@ class SyntheticScenes(Dataset):
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         if root.exists() and not root.is_dir():
             raise ValueError(f"cache_dir: {str(root)!r} exists and is not a directory")
-        self.cache_path = root / "scenes" / f"{split}-{self.size}px-n{self.length}-seed{self.seed}-{self.cache_key}"
+        self.cache_path = root / "scenes" / self._dir_name(self.length)
         self._arrays = self._open_or_render()
 
     @property
     def cache_key(self) -> str:
         """Hash of everything the rendered arrays depend on (16 hex characters)."""
-        spec = {"dataset": self.name, "split": self.split, "size": self.size,
-                "length": self.length, "seed": self.seed, "renderer": _render.RENDERER_VERSION,
+        return self._cache_key(self.length)
+
+    def _cache_key(self, length: int) -> str:
+        spec = {"dataset": self.name, "split": self.split, "size": self.size, "length": length,
+                "seed": self.seed, "renderer": _render.RENDERER_VERSION,
                 "geometry": geo.GEOMETRY_VERSION, "storage": STORAGE_VERSION}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
-        n, s = self.length, self.size
+    def _dir_name(self, length: int) -> str:
+        return f"{self.split}-{self.size}px-n{length}-seed{self.seed}-{self._cache_key(length)}"
+
+    def _shapes(self, n: int) -> dict[str, tuple[int, ...]]:
+        s = self.size
         return {"image": (n, 3, s, s), "segment_semantic": (n, s, s), "depth_zbuffer": (n, s, s),
                 "normal": (n, 3, s, s), "edge_texture": (n, s, s), "keypoints2d": (n, s, s),
                 "scene_class": (n,)}
 
-    def _load(self, path: Path) -> dict[str, np.ndarray] | None:
-        """The cached arrays at `path`, or None when it is missing or does not match."""
+    def _load(self, path: Path, length: int) -> dict[str, np.ndarray] | None:
+        """The cached arrays of `length` samples at `path`, or None when missing or mismatched."""
         try:
             meta = json.loads((path / "meta.json").read_text())
-            if meta.get("key") != self.cache_key:
+            if meta.get("key") != self._cache_key(length):
                 return None
             arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r", allow_pickle=False)
                       for k in _STORED}
         except (OSError, ValueError):
             return None
-        shapes = self._shapes()
+        shapes = self._shapes(length)
         ok = all(a.shape == shapes[k] and a.dtype == _STORED[k] for k, a in arrays.items())
         return arrays if ok else None
 
+    def _load_longer(self) -> dict[str, np.ndarray] | None:
+        """A prefix of a cached render of the same split with more samples (sample i does not
+        depend on the length), so sweeps with different lengths share one render."""
+        prefix = f"{self.split}-{self.size}px-n"
+        suffix = f"-seed{self.seed}-"
+        lengths = []
+        for path in self.cache_path.parent.glob(f"{prefix}*{suffix}*"):
+            n = path.name[len(prefix):].split(suffix)[0]
+            if n.isdigit() and int(n) > self.length and path.name == self._dir_name(int(n)):
+                lengths.append(int(n))
+        for n in sorted(lengths):
+            arrays = self._load(self.cache_path.parent / self._dir_name(n), n)
+            if arrays is not None:
+                self.cache_path = self.cache_path.parent / self._dir_name(n)
+                return {k: a[:self.length] for k, a in arrays.items()}
+        return None
+
     def _open_or_render(self) -> dict[str, np.ndarray]:
-        arrays = self._load(self.cache_path)
+        arrays = self._load(self.cache_path, self.length)
+        if arrays is None and self.cache_path.parent.is_dir():
+            arrays = self._load_longer()
         if arrays is not None:
             return arrays
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,23 +195,23 @@ class SyntheticScenes(Dataset):
         try:
             self._render_into(tmp)
             os.chmod(tmp, 0o755)                  # mkdtemp makes it private; the cache is shared
-            if self._load(self.cache_path) is None:    # else a concurrent render won: keep it
+            if self._load(self.cache_path, self.length) is None:   # else a concurrent render won
                 shutil.rmtree(self.cache_path, ignore_errors=True)   # broken leftovers
                 try:
                     os.rename(tmp, self.cache_path)
                 except OSError:                   # a concurrent render got there first
-                    if self._load(self.cache_path) is None:
+                    if self._load(self.cache_path, self.length) is None:
                         raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        arrays = self._load(self.cache_path)
+        arrays = self._load(self.cache_path, self.length)
         if arrays is None:
             raise RuntimeError(f"scenes cache at {self.cache_path} unreadable right after writing")
         return arrays
 
     def _render_into(self, out_dir: Path) -> None:
         """Render all samples chunk by chunk into memory-mapped .npy files under out_dir."""
-        shapes = self._shapes()
+        shapes = self._shapes(self.length)
         files = {k: np.lib.format.open_memmap(out_dir / f"{k}.npy", mode="w+", dtype=_STORED[k],
                                               shape=shapes[k]) for k in _STORED}
         chunk = max(1, (1 << 19) // (self.size * self.size))
@@ -210,7 +235,8 @@ class SyntheticScenes(Dataset):
         del files
         meta = {"key": self.cache_key, "split": self.split, "size": self.size,
                 "length": self.length, "seed": self.seed,
-                "renderer": _render.RENDERER_VERSION, "geometry": geo.GEOMETRY_VERSION}
+                "renderer": _render.RENDERER_VERSION, "geometry": geo.GEOMETRY_VERSION,
+                "storage": STORAGE_VERSION}
         (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
 
     def __len__(self) -> int:
