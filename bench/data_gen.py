@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         half = args.images // 2
         with ProcessPoolExecutor(2) as pool:
-            cpu_parts = [c for _, c in pool.map(_render_range, [(0, half, args.size, chunk),
-                                                                (half, args.images, args.size, chunk)])]
+            jobs = [(0, half, args.size, chunk), (half, args.images, args.size, chunk)]
+            cpu_parts = [c for _, c in pool.map(_render_range, jobs)]
     wall = time.perf_counter() - wall
     per_cpu = args.images / sum(cpu_parts)
     load = os.getloadavg()[0]

@@ -171,7 +171,8 @@ def test_depth_matches_ray_marching_oracle(rendered: dict) -> None:
     d_cam = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones(len(u))], -1)
     step = 0.002
     t = np.arange(0.05, 14.0, step)
-    pts = p.cam_pos[b][:, None] + t[None, :, None] * np.einsum("nij,nj->ni", p.cam_rot[b], d_cam)[:, None]
+    d_world = np.einsum("nij,nj->ni", p.cam_rot[b], d_cam)
+    pts = p.cam_pos[b][:, None] + t[None, :, None] * d_world[:, None]
     hit_slot = np.full(pts.shape[:2], -1)
     stop = np.any((pts < 0) | (pts > p.room[b][:, None]), axis=-1)
     for kk in range(geo.MAX_OBJECTS):
@@ -265,7 +266,8 @@ def test_dataset_is_deterministic_and_independent_of_length(tmp_path: Path) -> N
 
 
 def test_splits_never_overlap() -> None:
-    keys = {s: set(geo.scene_keys(s, 0, np.arange(5000)).tolist()) for s in ("train", "val", "test")}
+    keys = {s: set(geo.scene_keys(s, 0, np.arange(5000)).tolist())
+            for s in ("train", "val", "test")}
     assert all(len(k) == 5000 for k in keys.values())
     assert not (keys["train"] & keys["val"]) and not (keys["train"] & keys["test"])
     assert not (keys["val"] & keys["test"])

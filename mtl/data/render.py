@@ -9,7 +9,9 @@ One camera ray per pixel, all scenes of a batch at once; no per-pixel Python loo
   x^2 + y^2 + a z^2 + b z + c = 0 clipped to |z| <= 1 in the unit object frame, boxes by the
   slab test. The nearest hit wins.
 - Normals: gradient of the implicit surface in the unit object frame mapped to the camera
-  frame by M^T (M = object-from-camera linear map), then normalised; they face the camera.
+  frame by M^T (M = object-from-camera linear map), then normalised. They face the camera
+  (n . ray < 0); n_z itself can be slightly positive for surfaces seen obliquely near the
+  image border (e.g. the ceiling at the top of a downward-looking view).
 - Albedo: procedural textures (plain, 3-D checker, stripes, marble) on metric object / world
   coordinates; image = albedo * (ambient + diffuse * max(0, n.l) * attenuation), one point light,
   no shadows.
@@ -74,7 +76,8 @@ def intrinsics(size: int) -> np.ndarray:
 
 
 # Rows of the packed per-object parameter table (float32 [_NP, N]), gathered per ray.
-_P_M, _P_OQX, _P_QA, _P_QB, _P_QC, _P_CAPLO, _P_CAPHI, _P_HALF, _P_BOX = 0, 9, 12, 13, 14, 15, 16, 17, 20
+_P_M, _P_OQX, _P_QA, _P_QB, _P_QC = 0, 9, 12, 13, 14
+_P_CAPLO, _P_CAPHI, _P_HALF, _P_BOX = 15, 16, 17, 20
 _NP = 21
 
 
@@ -95,8 +98,8 @@ def _pair_table(s: geo.SceneParams) -> dict[str, np.ndarray]:
                   (-sy[:, None] * r[:, 0] + cy[:, None] * r[:, 1]) / h[:, 1:2],
                   r[:, 2] / h[:, 2:3]], axis=1)             # [N, 3(row), 3(col)]
     w = o - c
-    oq = np.stack([(cy * w[:, 0] + sy * w[:, 1]) / h[:, 0], (-sy * w[:, 0] + cy * w[:, 1]) / h[:, 1],
-                   w[:, 2] / h[:, 2]], axis=1)
+    oq = np.stack([(cy * w[:, 0] + sy * w[:, 1]) / h[:, 0],
+                   (-sy * w[:, 0] + cy * w[:, 1]) / h[:, 1], w[:, 2] / h[:, 2]], axis=1)
     shape = s.obj_shape[b, k]
     coef = np.array([_QUADRIC[t] for t in range(4)])[shape]
     qa, qb, qc = coef[:, 0], coef[:, 1], coef[:, 2]
@@ -118,7 +121,7 @@ def _t32(a: np.ndarray) -> Tensor:
 
 def _quadric_hits(p: Tensor, d: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """Nearest t of rays o_q + t d against clipped quadrics and their caps (inf = miss), and
-    whether that hit is on a cap. `p` rows are the gathered _PARAMS of each ray's object."""
+    whether that hit is on a cap. `p` holds the packed parameter rows of each ray's object."""
     dx, dy, dz = d
     ox, oy, oz, a, b, c = p[_P_OQX], p[_P_OQX + 1], p[_P_OQX + 2], p[_P_QA], p[_P_QB], p[_P_QC]
     aa = torch.addcmul(dx * dx + dy * dy, a, dz * dz)
@@ -297,7 +300,7 @@ def _object_surfaces(packed: Tensor, pp: Tensor, on_cap: Tensor, t: Tensor, ux: 
     is_box = par[_P_BOX]
     nu = [torch.lerp(nq[i], torch.sign(q[i]) * faces[i], is_box) for i in range(3)]
     n = torch.stack([sum(par[_P_M + 3 * i + j] * nu[i] for i in range(3)) for j in range(3)])
-    n = n * torch.rsqrt((n * n).sum(0, keepdim=True).clamp_min(1e-24))
+    n = n * torch.rsqrt((n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).clamp_min(1e-24))
     return n, torch.stack([q[i] * par[_P_HALF + i] for i in range(3)])
 
 
