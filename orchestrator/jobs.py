@@ -1,8 +1,8 @@
 """Submit a sweep to a Ray cluster as a Ray job, and follow it (Ray Jobs SDK).
 
 A job ships the project directory (``working_dir``) to the cluster and runs
-``python -m orchestrator.cli run SWEEP.yaml --storage STORAGE`` there; that driver connects to
-the cluster by itself (the job supervisor sets ``RAY_ADDRESS``) and runs the trials on its
+``python -m orchestrator.cli run SWEEP.yaml --storage STORAGE --address auto`` there; that
+driver joins the cluster (the job supervisor sets ``RAY_ADDRESS``) and runs the trials on its
 nodes. Results go to ``STORAGE``, which every node must be able to write: an absolute path on
 a shared filesystem or a bucket URI.
 
@@ -140,8 +140,13 @@ def check_model_store(storage: str, store_path: str | None) -> None:
 
 
 def build_entrypoint(sweep: str, storage: str, *, python: str = "python") -> str:
-    """The command the job runs on the head node (``sweep`` relative to the working dir)."""
-    return shlex.join([python, "-m", "orchestrator.cli", "run", sweep, "--storage", storage])
+    """The command the job runs on the head node (``sweep`` relative to the working dir).
+
+    ``--address auto`` joins the cluster the job runs in (the job supervisor sets
+    RAY_ADDRESS), rather than starting a private Ray on the head node.
+    """
+    return shlex.join([python, "-m", "orchestrator.cli", "run", sweep, "--storage", storage,
+                       "--address", "auto"])
 
 
 def relative_sweep_path(sweep: str | os.PathLike, working_dir: str | os.PathLike) -> str:

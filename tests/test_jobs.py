@@ -147,7 +147,7 @@ def test_relative_or_missing_storage_rejected(storage):
 def test_entrypoint_quotes_paths():
     cmd = jobs.build_entrypoint("sweeps/my sweep.yaml", "/mnt/shared/runs x")
     assert shlex.split(cmd) == ["python", "-m", "orchestrator.cli", "run", "sweeps/my sweep.yaml",
-                                "--storage", "/mnt/shared/runs x"]
+                                "--storage", "/mnt/shared/runs x", "--address", "auto"]
 
 
 def test_sweep_must_be_shipped(project, tmp_path_factory):
@@ -228,7 +228,7 @@ def test_submit_sweep_builds_the_job(project):
     assert job_id == call["submission_id"] and job_id.startswith("mtlsweep-tiny-")
     assert shlex.split(call["entrypoint"]) == [
         "python", "-m", "orchestrator.cli", "run", "sweeps/tiny.yaml", "--storage",
-        "s3://bucket/runs"]
+        "s3://bucket/runs", "--address", "auto"]
     assert call["runtime_env"]["working_dir"] == str(project.resolve())
     assert "torch" not in " ".join(call["runtime_env"]["pip"])
     assert call["metadata"] == {"tool": "mtlsweep", "sweep": "tiny", "storage": "s3://bucket/runs"}
@@ -239,7 +239,7 @@ def test_submit_uses_the_sweeps_storage_and_validates_before_submitting(project)
     sweep.write_text(SWEEP + "storage: /mnt/shared/runs\n")
     client = FakeClient()
     jobs.submit_sweep(client, sweep, working_dir=project, pip=False, submission_id="j1")
-    assert client.submitted[0]["entrypoint"].endswith("--storage /mnt/shared/runs")
+    assert "--storage /mnt/shared/runs " in client.submitted[0]["entrypoint"]
     assert "pip" not in client.submitted[0]["runtime_env"]
     sweep.write_text(SWEEP.replace("dgba", "dgbaa"))
     with pytest.raises(ValueError, match="attacks.objectives"):

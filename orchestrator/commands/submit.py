@@ -1,13 +1,14 @@
 """`mtlsweep submit | status | logs`: run a sweep on a Ray cluster as a Ray job.
 
-    mtlsweep submit sweeps/demo.yaml --address http://127.0.0.1:8265 --storage s3://bucket/runs
+    mtlsweep submit sweeps/demo.yaml --address http://127.0.0.1:8265 --storage /mnt/shared/runs
     mtlsweep status JOB_ID --address http://127.0.0.1:8265
     mtlsweep logs JOB_ID --address http://127.0.0.1:8265 --follow
 
 `submit` validates the sweep locally, ships the project directory and its pip requirements
 (torch and ray excluded by default: the cluster image provides them) and runs
-`python -m orchestrator.cli run SWEEP --storage STORAGE` on the cluster. Without --no-wait it
-streams the job's logs and exits 0 only if the job succeeded. See docs/cluster.md.
+`python -m orchestrator.cli run SWEEP --storage STORAGE --address auto` on the cluster.
+Without --no-wait it streams the job's logs and exits 0 only if the job succeeded.
+See docs/cluster.md.
 """
 from __future__ import annotations
 
