@@ -113,6 +113,8 @@ def _check_inputs(model: nn.Module, train_set: Any, config: TrainConfig, val_set
         raise ValueError(f"loss_weights: unknown task(s) {unknown}; allowed: {', '.join(tasks)}")
     if all(config.weight(t) == 0 for t in tasks):
         raise ValueError("loss_weights: at least one of the model's tasks needs a weight > 0")
+    if config.rho > 0 and config.sam_shared_only and not hasattr(model, "shared_parameters"):
+        raise ValueError("sam_shared_only: the model has no shared_parameters(); use false")
     if config.adv is not None and config.adv.task() not in (None, *tasks):
         raise ValueError(f"adv.objective: {config.adv.objective!r} attacks a task the model "
                          f"lacks; allowed tasks: {', '.join(tasks)}")
