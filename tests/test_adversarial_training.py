@@ -136,3 +136,18 @@ def test_a_few_epochs_of_adversarial_training(train_set, adv: AdvTrainConfig) ->
     differs = any(not torch.equal(a, b) for a, b in
                   zip(at_model.state_dict().values(), clean_model.state_dict().values()))
     assert differs
+
+
+def test_random_starts_are_fresh_per_step_and_reproducible(train_set) -> None:
+    model = _model(train_set)
+    batch = _batch(train_set)
+    cfg = AdvTrainConfig(method="pgd", steps=1, options={"random_start": True})
+    torch.manual_seed(5)
+    a, b = craft_adversarial(model, batch, cfg), craft_adversarial(model, batch, cfg)
+    torch.manual_seed(5)
+    a2 = craft_adversarial(model, batch, cfg)
+    assert torch.equal(a["image"], a2["image"])
+    assert not torch.equal(a["image"], b["image"])
+    fixed = AdvTrainConfig(method="pgd", steps=1, options={"random_start": True, "seed": 3})
+    assert torch.equal(craft_adversarial(model, batch, fixed)["image"],
+                       craft_adversarial(model, batch, fixed)["image"])

@@ -91,10 +91,15 @@ def test_same_config_twice_gives_identical_weights(data) -> None:
     assert len(ra.history) == 2 and ra.history[-1]["train_loss"] > 0
 
 
-@pytest.mark.parametrize("opt, rho", [("sgd", 0.0), ("adam", 0.2)])
-def test_resume_is_bit_identical(data, tmp_path: Path, opt: str, rho: float) -> None:
+@pytest.mark.parametrize("opt, rho, adv", [
+    ("sgd", 0.0, None), ("adam", 0.2, None),
+    ("sgd", 0.0, {"method": "pgd", "steps": 2, "options": {"random_start": True}})])
+def test_resume_is_bit_identical(data, tmp_path: Path, opt: str, rho: float, adv) -> None:
+    """Resuming after epoch 1 ends where the uninterrupted run ends (PGD random starts draw
+    from the global RNG, so its state must be part of the training state too)."""
     train_set, val_set = data
-    cfg = _cfg(epochs=3, optimizer=opt, lr=0.01, milestones=(2,), keep_epochs=(1, 3), rho=rho)
+    cfg = _cfg(epochs=3, optimizer=opt, lr=0.01, milestones=(2,), keep_epochs=(1, 3), rho=rho,
+               adv=adv)
     full = _model(train_set)
     saved: dict[int, Path] = {}
 

@@ -36,7 +36,8 @@ class AdvTrainConfig:
     method: `fgsm` (one step of eps) or `pgd` (I-FGSM, `steps` steps of eps/steps).
     eps: L-inf radius in 1/255 units (8 means 8/255). steps: PGD iterations (FGSM uses 1).
     mix: `alternate` or `weighted`; clean_weight: the clean batch's weight for `weighted`.
-    options: extra keyword options passed to `mtl.attacks.attack` (e.g. `random_start`).
+    options: extra keyword options passed to `mtl.attacks.attack` (e.g. `random_start`; with
+    it and no fixed `seed`, each step's random start is seeded from the global torch RNG).
     """
 
     objective: str = "total"
@@ -121,8 +122,14 @@ def craft_adversarial(model: nn.Module, batch: Batch, cfg: AdvTrainConfig) -> Ba
 
     was_training = model.training
     steps = 1 if cfg.method == "fgsm" else cfg.steps
+    options = dict(cfg.options)
+    if options.get("random_start") and "seed" not in options:
+        # The attack library seeds its random start with options["seed"] (default 0, the same
+        # noise every call); training wants fresh noise per step, drawn from the global RNG,
+        # which the trainer seeds and checkpoints, so runs and resumes stay reproducible.
+        options["seed"] = int(torch.randint(0, 2**31 - 1, (1,)).item())
     x_adv = attack(model, batch, method=cfg.method, objective=cfg.objective, eps=float(cfg.eps),
-                   steps=steps, **dict(cfg.options))
+                   steps=steps, **options)
     model.train(was_training)  # attack() restores the mode itself; make sure of it
     out = dict(batch)
     out["image"] = x_adv.detach()
