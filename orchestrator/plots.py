@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 110
 
@@ -108,52 +109,53 @@ def cross_task_heatmaps(matrices: list[tuple[str, pl.DataFrame]], path: Path) ->
 
 
 def early_stopping(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
-    """Transfer (left axis) and λ_max (right axis) per epoch and regime; LR decays as lines."""
-    fig, (ax,) = _figure(1, width=9.0, height=4.2)
-    right = ax.twinx()
-    use_success = frame["success_rate"].drop_nulls().len() > 0
-    metric = "success_rate" if use_success else "transfer_delta"
-    regimes = frame.sort("epoch").group_by(["regime"], maintain_order=True)
-    for index, ((regime,), rows) in enumerate(regimes):
-        colour = f"C{index % 10}"
-        line = rows.filter(pl.col(metric).is_not_null())
-        if line.height:
-            ax.plot(line["epoch"], line[metric], marker="o", color=colour,
-                    label=f"{regime}: transfer")
-        sharp = rows.filter(pl.col("lambda_max").is_not_null())
-        if sharp.height:
-            right.plot(sharp["epoch"], sharp["lambda_max"], linestyle="--", marker="x",
-                       color=colour, alpha=0.7, label=f"{regime}: λ_max")
+    """Transfer success, transfer Δ and λ_max per epoch (stacked panels, one colour per
+    regime); LR decays as dotted lines just before the first epoch at the lower rate."""
+    panels = [("success_rate", "transfer success rate"), ("transfer_delta", "transfer Δ"),
+              ("lambda_max", "Hessian λ_max")]
+    panels = [(c, label) for c, label in panels if frame[c].drop_nulls().len() > 0]
+    fig = Figure(figsize=(8.5, 2.4 * max(1, len(panels)) + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(max(1, len(panels)), 1, sharex=True, squeeze=False).ravel().tolist()
     decays = frame.filter(pl.col("lr_decayed").fill_null(False))["epoch"].unique().sort()
-    for i, epoch in enumerate(decays.to_list()):
-        # lr_decayed marks the first epoch trained at the lower rate: draw the boundary before it
-        ax.axvline(epoch - 0.5, color="grey", linestyle=":", label="LR decay" if i == 0 else None)
-    ax.set_xlabel("early-stopping epoch")
-    ax.set_ylabel("transfer success rate" if use_success else "transfer Δ")
-    right.set_ylabel("Hessian λ_max")
-    handles = ax.get_legend_handles_labels()
-    extra = right.get_legend_handles_labels()
-    if handles[0] or extra[0]:
-        fig.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="outside right")
-    ax.set_title(f"Transfer and sharpness vs early stopping ({attack_label})", fontsize=9)
+    for ax, (column, label) in zip(axes, panels):
+        regimes = frame.sort("epoch").group_by(["regime"], maintain_order=True)
+        for index, ((regime,), rows) in enumerate(regimes):
+            line = rows.filter(pl.col(column).is_not_null())
+            if line.height:
+                ax.plot(line["epoch"], line[column], marker="o", color=f"C{index % 10}",
+                        label=regime, linestyle="--" if column == "lambda_max" else "-")
+        for i, epoch in enumerate(decays.to_list()):
+            ax.axvline(epoch - 0.5, color="grey", linestyle=":",
+                       label="LR decay" if i == 0 else None)
+        ax.set_ylabel(label, fontsize=8)
+    axes[-1].set_xlabel("early-stopping epoch")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    if panels:
+        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside right")
+    fig.suptitle(f"Transfer and sharpness vs early stopping ({attack_label})", fontsize=9)
     return _save(fig, path)
 
 
 def transfer_vs_rho(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
-    """Transfer success (or Δ) against the SAM/RFN neighbourhood size ρ."""
-    fig, (ax,) = _figure(1, width=6.0, height=4.0)
-    use_success = frame["success_rate"].drop_nulls().len() > 0
-    metric = "success_rate" if use_success else "transfer_delta"
-    for (adversarial,), rows in frame.sort("rho").group_by(["adversarial"], maintain_order=True):
-        rows = rows.filter(pl.col(metric).is_not_null())
-        ax.plot(rows["rho"], rows[metric], marker="o",
-                label="adversarially trained" if adversarial else "standard")
-    if frame["rho"].min() > 0 and frame["rho"].max() / frame["rho"].min() > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("ρ (SAM neighbourhood size)")
-    ax.set_ylabel("transfer success rate" if use_success else "transfer Δ")
-    ax.legend(fontsize=7)
-    ax.set_title(f"Transfer vs ρ ({attack_label})", fontsize=9)
+    """Transfer success and transfer Δ against the SAM/RFN neighbourhood size ρ."""
+    panels = [(c, label) for c, label in (("success_rate", "transfer success rate"),
+                                          ("transfer_delta", "transfer Δ"))
+              if frame[c].drop_nulls().len() > 0]
+    fig, axes = _figure(max(1, len(panels)), width=5.0, height=3.8)
+    log = frame["rho"].min() > 0 and frame["rho"].max() / frame["rho"].min() > 20
+    for ax, (column, label) in zip(axes, panels):
+        groups = frame.sort("rho").group_by(["adversarial"], maintain_order=True)
+        for (adversarial,), rows in groups:
+            rows = rows.filter(pl.col(column).is_not_null())
+            ax.plot(rows["rho"], rows[column], marker="o",
+                    label="adversarially trained" if adversarial else "standard")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel("ρ (SAM neighbourhood size)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Transfer vs ρ ({attack_label})", fontsize=9)
     return _save(fig, path)
 
 
