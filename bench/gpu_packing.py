@@ -4,9 +4,9 @@ Small multi-task trials leave most of a modern GPU idle, so packing several on o
 multiply throughput. Each trial here is a real one: `orchestrator.trial.execute_trial` (the
 code Tune trials run) trains a multi-task model with SGD, attacks its kept checkpoints (PGD
 with the DGBA and total objectives) and writes its parquet rows; `setup_trial_device` picks
-the GPU Ray assigned and caps the trial at its share of GPU memory. Both modes go through Ray
-tasks on the same warm worker pool, alternated, so process start-up and CUDA initialisation
-cost the same in each.
+the GPU Ray assigned and caps the trial at its share of GPU memory. Trials run in warm Ray
+actors (like Tune's reused trial actors), so process start-up and CUDA initialisation are
+paid before timing in both modes; the modes are alternated and the median round reported.
 
     python bench/gpu_packing.py            # needs CUDA; goal: throughput ratio >= 2.5
     python bench/gpu_packing.py --smoke    # CPU-only check of the harness (no ratio)
@@ -57,17 +57,35 @@ def trials_for(share: float, smoke: bool) -> list[dict]:
     return trial_configs(parse_spec(sweep_yaml(share, smoke)))
 
 
-def run_round(run_trial, gpus: float, smoke: bool, cpus: float = 1) -> dict:
-    """Run the 4 trials as Ray tasks asking for ``gpus`` each (and configured with that share,
-    so each caps its GPU memory at it); wall time and per-trial facts."""
+def make_runner():
+    """A Ray actor class that runs trials in one long-lived (warm) worker process."""
     import ray
-    trials = trials_for(gpus, smoke)
+
+    @ray.remote
+    class TrialRunner:
+        def run(self, trial: dict, storage: str) -> dict:
+            from orchestrator.store import model_store_dir
+            from orchestrator.trial import execute_trial
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            execute_trial(trial, storage=storage, store_dir=model_store_dir(storage))
+            info = {"seconds": time.perf_counter() - start, "trial_id": trial["trial_id"]}
+            if torch.cuda.is_available():
+                info["device"] = str(torch.cuda.current_device())
+                info["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            return info
+
+    return TrialRunner
+
+
+def timed(assignments: list[tuple[object, dict]]) -> dict:
+    """Run (actor, trial) pairs at once (an actor runs its own trials in order); wall time."""
+    import ray
     storage = tempfile.mkdtemp(prefix="mtlsweep-gpu-packing-")
     t0 = time.perf_counter()
-    refs = [run_trial.options(num_cpus=cpus, num_gpus=gpus).remote(t, storage) for t in trials]
-    facts = ray.get(refs)
-    wall = time.perf_counter() - t0
-    return {"wall_s": wall, "trials": facts}
+    facts = ray.get([actor.run.remote(trial, storage) for actor, trial in assignments])
+    return {"wall_s": time.perf_counter() - t0, "trials": facts}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,33 +108,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import ray
-    ray.init(num_cpus=TRIALS if not cuda else max(TRIALS, os.cpu_count() or 1),
-             num_gpus=1 if cuda else 0,
-             include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
-
-    @ray.remote
-    def run_trial(trial: dict, storage: str) -> dict:
-        from orchestrator.store import model_store_dir
-        from orchestrator.trial import execute_trial
-        start = time.perf_counter()
-        execute_trial(trial, storage=storage, store_dir=model_store_dir(storage))
-        info = {"seconds": time.perf_counter() - start, "trial_id": trial["trial_id"]}
-        if torch.cuda.is_available():
-            info["device"] = str(torch.cuda.current_device())
-            info["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            torch.cuda.reset_peak_memory_stats()
-        return info
-
-    gpus_packed, gpus_seq = (SHARE, 1.0) if cuda else (0.0, 0.0)
+    root = str(Path(__file__).resolve().parents[1])
+    ray.init(num_cpus=TRIALS + 1, num_gpus=1 if cuda else 0, include_dashboard=False,
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": root}})
     try:
-        # Warm-up: renders the scenes cache and starts (and CUDA-initialises) 4 workers.
-        run_round(run_trial, gpus_packed, args.smoke)
+        # 5 warm worker processes on the one GPU: 4 packed trial runners and 1 that runs the
+        # same 4 trials back to back. Ray's accounting splits the card 5 ways so all can live
+        # at once; what each trial may use is its configured share (1.0 for the sequential
+        # runner, 0.25 when packed), which setup_trial_device enforces as a memory cap.
+        gpus = 1.0 / (TRIALS + 1) if cuda else 0
+        runner = make_runner().options(num_cpus=1, num_gpus=gpus)
+        packed_actors = [runner.remote() for _ in range(TRIALS)]
+        seq_actor = runner.remote()
+        seq_trials = trials_for(1.0 if cuda else 0, args.smoke)
+        packed_trials = trials_for(SHARE if cuda else 0, args.smoke)
+        # Warm-up (untimed): imports, CUDA context, the scenes cache, cuDNN autotuning.
+        timed([(a, t) for a, t in zip(packed_actors + [seq_actor], packed_trials + [seq_trials[0]])])
         seq, packed = [], []
         for _ in range(args.repeats):
-            # smoke: no GPU to hold, so each trial holds all 4 CPUs to run one at a time
-            seq.append(run_round(run_trial, gpus_seq, args.smoke, cpus=1 if cuda else TRIALS))
-            packed.append(run_round(run_trial, gpus_packed, args.smoke))
+            seq.append(timed([(seq_actor, t) for t in seq_trials]))
+            packed.append(timed(list(zip(packed_actors, packed_trials))))
     finally:
         ray.shutdown()
     seq_s = statistics.median(r["wall_s"] for r in seq)

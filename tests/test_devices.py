@@ -163,3 +163,26 @@ def test_malformed_requests(request_, field):
 def test_real_ray_ids_helper_without_ray(monkeypatch):
     monkeypatch.delitem(sys.modules, "ray", raising=False)
     assert devices._ray_gpu_ids() == []
+
+
+def test_gpu_packing_bench_skips_cleanly_without_cuda(monkeypatch, capsys):
+    """Without CUDA the bench explains itself and its last line is the JSON verdict."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_packing.py"
+    spec = importlib.util.spec_from_file_location("gpu_packing_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main([]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "CUDA is not available" in lines[0]
+    assert json.loads(lines[-1]) == {"bench": "gpu_packing", "skipped": True,
+                                     "reason": "CUDA not available", "goal_ratio": 2.5}
+    # the sweep it would run is a valid one, with the fractional share in its resources
+    from orchestrator.spec import parse_spec
+    spec_ = parse_spec(bench.sweep_yaml(bench.SHARE, smoke=False))
+    assert spec_.resource_request() == {"cpu": 1.0, "gpu": 0.25}
+    assert spec_.num_grid_trials() == bench.TRIALS
