@@ -6,6 +6,7 @@ by per-sample losses) and training both rely on that shape.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -162,10 +163,26 @@ def task_loss(name: str, pred: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
     return task.loss(pred, batch[name], batch.get(name + "_mask"))
 
 
+UNDEFINED_BELOW = 1e-12
+"""|clean| under this makes a relative change undefined (e.g. an untrained model's accuracy 0)."""
+
+
 def metric_relative_change(clean: float, adv: float, higher_is_better: bool) -> float:
-    """σ (adv − clean) / |clean|, σ = +1 if higher is better else −1; |clean| floored at 1e-12."""
+    """σ (adv − clean) / |clean|, σ = +1 if higher is better else −1.
+
+    NaN where it is undefined — a clean value of (almost) 0 or a non-finite input — rather than a
+    huge number from a floored denominator, so that means over tasks can skip it honestly.
+    """
+    clean, adv = float(clean), float(adv)
+    if not (math.isfinite(clean) and math.isfinite(adv)) or abs(clean) < UNDEFINED_BELOW:
+        return math.nan
     sigma = 1.0 if higher_is_better else -1.0
-    return sigma * (float(adv) - float(clean)) / max(abs(float(clean)), 1e-12)
+    return sigma * (adv - clean) / abs(clean)
+
+
+def _nanmean(values: list[float]) -> float:
+    defined = [v for v in values if math.isfinite(v)]
+    return sum(defined) / len(defined) if defined else math.nan
 
 
 def _flag(task: str, metric: str,
@@ -194,7 +211,8 @@ def relative_change(clean: Mapping[str, Mapping[str, float]],
 
     Flags come from the registry; `higher_is_better` overrides them, either per task
     (`{task: {metric: bool}}`) or per metric name for every task (`{metric: bool}`).
-    Negative Δ means the attack hurt.
+    Negative Δ means the attack hurt. Undefined metric changes (NaN, see
+    `metric_relative_change`) are skipped; a task with none defined is NaN and skipped too.
     """
     if not clean:
         raise ValueError("clean: needs at least one task with metrics")
@@ -209,5 +227,5 @@ def relative_change(clean: Mapping[str, Mapping[str, float]],
                              f"metrics {sorted(metrics)}")
         changes = [metric_relative_change(v, adv[task][m], _flag(task, m, higher_is_better))
                    for m, v in metrics.items()]
-        per_task[task] = sum(changes) / len(changes)
-    return per_task, sum(per_task.values()) / len(per_task)
+        per_task[task] = _nanmean(changes)
+    return per_task, _nanmean(list(per_task.values()))

@@ -22,9 +22,6 @@ PRIMARY_METRICS: dict[str, str] = {
     "edge_texture": "l1", "keypoints2d": "l1", "scene_class": "accuracy"}
 OBJECTIVE_PREFERENCE: tuple[str, ...] = ("dgba", "total", "signsum", "minmax")
 _NOT_ADVERSARIAL = ("none", "", "false", "no", "standard")
-UNDEFINED_DELTA = 1e6
-"""|Δ| at or above this is a clean metric at the 1e-12 floor (e.g. an accuracy of 0): the relative
-change is undefined there, so such values are left out of every mean (the report counts them)."""
 TRIAL = ["sweep", "trial_id"]
 
 
@@ -149,7 +146,8 @@ def final_epoch(frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _valid_delta() -> pl.Expr:
-    return pl.col("rel_change").is_finite() & (pl.col("rel_change").abs() < UNDEFINED_DELTA)
+    # NaN marks an undefined relative change (clean metric 0, see mtl.tasks): left out of means.
+    return pl.col("rel_change").is_finite()
 
 
 def _finite_delta(frame: pl.LazyFrame, kind: str) -> pl.LazyFrame:
@@ -378,7 +376,7 @@ def overview(t: Tables) -> dict[str, object]:
         pl.col("sweep").unique().sort().implode().alias("sweeps"),
         pl.struct(TRIAL).n_unique().alias("trials"), pl.col("layout").n_unique().alias("layouts"),
         pl.len().alias("rows"),
-        ((pl.col("metric") == "delta") & (pl.col("rel_change").abs() >= UNDEFINED_DELTA)).sum()
+        ((pl.col("metric") == "delta") & pl.col("rel_change").is_nan()).sum()
         .alias("undefined_deltas")).collect()
     return m.row(0, named=True)
 

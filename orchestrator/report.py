@@ -225,9 +225,9 @@ def build_report(t: A.Tables, out_dir: Path) -> A.AnalysisResult:
              "ε is in 1/255 units. Each trial's latest attempt and, unless a section says "
              "otherwise, its final checkpoint are used.")
     if info["undefined_deltas"]:
-        doc.text(f"**{info['undefined_deltas']} Δ values of magnitude ≥ {A.UNDEFINED_DELTA:g} were "
-                 "left out of all means**: their clean metric was 0 (floored at 1e-12), where a "
-                 "relative change is undefined (typically an untrained model's accuracy).")
+        doc.text(f"**{info['undefined_deltas']} per-task Δ values were undefined and left out "
+                 "of all means**: every clean metric of that task was 0, where a relative change "
+                 "is undefined (typically an untrained model's accuracy).")
     summary = A.summary(t)
     doc.section("summary")
     if summary.is_empty():

@@ -143,7 +143,8 @@ def test_relative_change_hand_example() -> None:
     assert per_task == pytest.approx({"segment_semantic": -0.375, "depth_zbuffer": -0.25})
     assert mean == pytest.approx(-0.3125)
     assert metric_relative_change(0.4, 0.2, False) == pytest.approx(0.5)
-    assert metric_relative_change(0.0, 1.0, True) == pytest.approx(1e12)  # floored, finite
+    assert math.isnan(metric_relative_change(0.0, 1.0, True))  # undefined from 0, not 1e12
+    assert math.isnan(metric_relative_change(float("nan"), 1.0, True))
 
 
 def test_relative_change_overrides_and_errors() -> None:
@@ -160,3 +161,14 @@ def test_relative_change_overrides_and_errors() -> None:
         relative_change({"normal": {"angle_mean": 1.0}}, {})
     with pytest.raises(ValueError, match="metrics"):
         relative_change({"normal": {"angle_mean": 1.0}}, {"normal": {"angle_median": 1.0}})
+
+
+def test_relative_change_skips_undefined_metrics_and_tasks() -> None:
+    clean = {"scene_class": {"accuracy": 0.0},
+             "segment_semantic": {"miou": 0.5, "pixel_acc": 0.0}}
+    adv = {"scene_class": {"accuracy": 0.0},
+           "segment_semantic": {"miou": 0.25, "pixel_acc": 0.1}}
+    per_task, mean = relative_change(clean, adv)
+    assert math.isnan(per_task["scene_class"])
+    assert per_task["segment_semantic"] == pytest.approx(-0.5)
+    assert mean == pytest.approx(-0.5)
