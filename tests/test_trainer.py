@@ -210,6 +210,16 @@ def test_sam_shared_only_without_shared_blocks_equals_base_optimizer(data) -> No
     assert not _same_weights(a, c)
 
 
+def test_ragged_last_batch_of_one_is_dropped() -> None:
+    """17 samples, batch 8: two steps per epoch; a batch of one would break BatchNorm."""
+    ragged = SyntheticScenes("train", size=16, length=17, tasks=TASKS)
+    result = train(_model(ragged), ragged, _cfg(epochs=2), progress=False)
+    assert result.state["step"] == 4
+    with pytest.raises(ValueError, match="train_set: has 1 samples"):
+        train(_model(ragged), SyntheticScenes("train", size=16, length=1, tasks=TASKS), _cfg(),
+              progress=False)
+
+
 def test_bad_train_inputs_raise_before_work(data) -> None:
     train_set, _ = data
     model = _model(train_set)

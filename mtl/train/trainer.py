@@ -12,10 +12,11 @@ rate is lower than the previous epoch's, i.e. a decay happened at this epoch's s
 and, at kept epochs with `config.sharpness`, `lambda_max`, `hessian_trace`, `sam_sharpness`,
 `subset_loss`.
 
-Determinism: the global torch RNG is seeded with `config.seed` and the loader shuffles with its
-own generator (`mtl.data.make_loader(seed=...)`); the state passed to `callback` holds the model,
-optimiser, scheduler, both RNG states and the history, so `train(..., resume_state=state)`
-continues bit-for-bit where the interrupted run stopped.
+Each epoch shuffles the training set and drops a ragged last batch when there is at least one
+full batch. Determinism: the global torch RNG is seeded with `config.seed` and the loader
+shuffles with its own generator (`mtl.data.make_loader(seed=...)`); the state passed to
+`callback` holds the model, optimiser, scheduler, both RNG states and the history, so
+`train(..., resume_state=state)` continues bit-for-bit where the interrupted run stopped.
 """
 from __future__ import annotations
 
@@ -125,8 +126,9 @@ def _check_inputs(model: nn.Module, train_set: Any, config: TrainConfig, val_set
         if have is not None and set(tasks) - set(have):
             raise ValueError(f"{name}: lacks labels for {sorted(set(tasks) - set(have))}; "
                              f"it has {', '.join(have)}")
-        if len(ds) == 0:
-            raise ValueError(f"{name}: is empty")
+        if len(ds) < (2 if name == "train_set" else 1):
+            raise ValueError(f"{name}: has {len(ds)} samples; needs at least "
+                             f"{2 if name == 'train_set' else 1}")
     if config.keep_epochs and checkpoint_dir is None:
         raise ValueError("checkpoint_dir: required when config.keep_epochs is non-empty")
     if resume_state is not None:
@@ -179,7 +181,10 @@ def train(model: nn.Module, train_set: Any, config: TrainConfig, *, val_set: Any
     weights = {t: config.weight(t) for t in model.tasks}
 
     torch.manual_seed(config.seed)
-    loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+    # A ragged last batch is dropped (it is reshuffled into later epochs): a batch of one
+    # sample cannot train BatchNorm, and equal batches keep SAM's ρ/‖g‖ comparable per step.
+    loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
+                         drop_last=len(train_set) > config.batch_size)
     optimizer = _make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[m - 1 for m in config.milestones], gamma=config.gamma)
