@@ -221,6 +221,11 @@ def project_copy(dest: Path, sweep_text: str) -> Path:
     return dest
 
 
+def read_table(results: Path, table: str):
+    from orchestrator.results import read_results
+    return read_results(results, table).collect()
+
+
 def check_results(storage: Path, sweep: str, expected_trials: int) -> "object":
     import polars as pl
 
@@ -238,6 +243,21 @@ def check_results(storage: Path, sweep: str, expected_trials: int) -> "object":
     return frame
 
 
+def in_flight(experiment: Path, results: Path) -> bool:
+    """True once a trial has written its rows while another has started and not finished.
+
+    Started trials are those with an attempt record (``<sweep>/attempts/<trial_id>/``, written
+    when a trial begins); without that directory, any finished trial will do.
+    """
+    finished = {p.stem for p in results.glob("*.parquet")} if results.is_dir() else set()
+    if not finished:
+        return False
+    attempts = experiment / "attempts"
+    if not attempts.is_dir():
+        return True
+    return any(p.name not in finished for p in attempts.iterdir())
+
+
 def test_sweep_survives_a_killed_worker_node(cluster, tmp_path):
     project = project_copy(tmp_path / "project", SWEEP % "[0, 1]")
     storage = tmp_path / "runs"
@@ -250,10 +270,10 @@ def test_sweep_survives_a_killed_worker_node(cluster, tmp_path):
     try:
         results = storage / "tiny" / "results" / "measurements"
         deadline = time.monotonic() + 300
-        while not (results.is_dir() and any(results.glob("*.parquet"))):
+        while not in_flight(storage / "tiny", results):
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
             assert time.monotonic() < deadline, "no trial finished in 300 s"
-            time.sleep(0.5)
+            time.sleep(0.2)
         victim = cluster.nodes[1]
         cluster.remember()
         os.kill(cluster.raylet_of(victim), signal.SIGKILL)  # the worker node dies mid-sweep
@@ -269,6 +289,9 @@ def test_sweep_survives_a_killed_worker_node(cluster, tmp_path):
         cluster.remember()
     assert done_at_kill < 8, "the sweep had finished before the fault: nothing was tested"
     frame = check_results(storage, "tiny", expected_trials=8)
+    epochs = read_table(storage / "tiny" / "results", "epochs")
+    assert epochs["trial_id"].n_unique() == 8
+    assert epochs.group_by("trial_id", "epoch", "quantity").len()["len"].max() == 1
     retried = frame.filter(frame["attempt"] > 1)["trial_id"].unique().sort()
     print(f"fault injected with {done_at_kill}/8 trials finished; retried after it: "
           f"{retried.to_list()}")
