@@ -374,6 +374,14 @@ def test_bad_arguments_raise_before_any_work(kwargs: dict, field: str, tmp_path:
         assert "allowed" in str(err.value)
 
 
+def test_bad_indices_raise() -> None:
+    for bad in ([-1], [[1, 2]], [0.5]):
+        with pytest.raises(ValueError, match="indices"):
+            render_samples("train", bad, size=16)
+    with pytest.raises(ValueError, match="split"):
+        scene_params("dev", [0])
+
+
 def test_cache_dir_that_is_a_file_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="cache_dir"):

@@ -400,6 +400,8 @@ def render(scenes: geo.SceneParams, size: int, *, debug: bool = False) -> dict:
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
         raise ValueError(f"size: must be an int >= 2, got {size!r}")
+    if scenes.batch < 1:
+        raise ValueError("scenes: the batch is empty; pass at least one scene")
     step = max(1, _CHUNK_RAYS // (size * size))
     with _one_thread():
         parts = [_render_chunk(scenes.take(slice(i, i + step)), size, debug)

@@ -69,7 +69,11 @@ def render_samples(split: str, indices: Sequence[int] | np.ndarray, seed: int = 
 def scene_params(split: str, indices: Sequence[int] | np.ndarray, seed: int = 0) -> geo.SceneParams:
     """The scene parameters of samples `indices` of `split` (for tests and inspection)."""
     _check_split(split)
-    return geo.sample_scenes(geo.scene_keys(split, seed, np.asarray(indices, dtype=np.int64)))
+    _check_int("seed", seed, 0, 2**63 - 1)
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or (idx < 0).any():
+        raise ValueError(f"indices: must be a 1-D sequence of ints >= 0, got {indices!r}")
+    return geo.sample_scenes(geo.scene_keys(split, seed, idx.astype(np.int64)))
 
 
 def _check_split(split: object) -> None:
