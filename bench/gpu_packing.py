@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         seq_trials = trials_for(1.0 if cuda else 0, args.smoke)
         packed_trials = trials_for(SHARE if cuda else 0, args.smoke)
         # Warm-up (untimed): imports, CUDA context, the scenes cache, cuDNN autotuning.
-        timed([(a, t) for a, t in zip(packed_actors + [seq_actor], packed_trials + [seq_trials[0]])])
+        timed(list(zip(packed_actors + [seq_actor], packed_trials + seq_trials[:1])))
         seq, packed = [], []
         for _ in range(args.repeats):
             seq.append(timed([(seq_actor, t) for t in seq_trials]))

@@ -28,7 +28,8 @@ class FakeCuda:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> "FakeCuda":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: self.count > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
-        monkeypatch.setattr(torch.cuda, "set_device", lambda d: self.calls.append(("set_device", d)))
+        monkeypatch.setattr(torch.cuda, "set_device",
+                            lambda d: self.calls.append(("set_device", d)))
         monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
                             lambda f, d: self.calls.append(("fraction", f, d)))
         return self
@@ -147,7 +148,8 @@ def test_missing_gpu_names_resource_and_cluster():
 def test_too_many_cpus_and_missing_custom_resource():
     with pytest.raises(ValueError, match=r"^cpu: 3 requested per trial, cluster has 2 CPUs"):
         check_resources({"cpu": 3}, CLUSTER)
-    with pytest.raises(ValueError, match=r"^worker_node: 1 requested .* has 0 of resource 'worker_node'"):
+    with pytest.raises(ValueError,
+                       match=r"^worker_node: 1 requested .* has 0 of resource 'worker_node'"):
         check_resources({"worker_node": 1}, CLUSTER)
 
 

@@ -74,7 +74,7 @@ def _no_ambient_token(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
 
 
-# --- requirements and runtime_env -----------------------------------------------------------------
+# --- requirements and runtime_env ----------------------------------------------------------------
 def test_requirements_come_from_pyproject_without_torch_and_ray():
     reqs = jobs.project_requirements(ROOT / "pyproject.toml")
     names = {jobs._requirement_name(r) for r in reqs}
@@ -119,7 +119,8 @@ def test_excluded_patterns_really_exclude_with_rays_packager(project):
 
     from ray._private.runtime_env.packaging import create_package
 
-    for junk in (".venv/lib/x.py", "runs/s/results/m.parquet", ".git/HEAD", "pkg/__pycache__/a.pyc"):
+    for junk in (".venv/lib/x.py", "runs/s/results/m.parquet", ".git/HEAD",
+                 "pkg/__pycache__/a.pyc"):
         (project / junk).parent.mkdir(parents=True, exist_ok=True)
         (project / junk).write_text("x")
     (project / "pkg" / "keep.py").write_text("x")
@@ -131,7 +132,7 @@ def test_excluded_patterns_really_exclude_with_rays_packager(project):
     assert not [p for p in shipped if p.startswith((".venv", "runs", ".git")) or p.endswith(".pyc")]
 
 
-# --- storage, sweep path, entrypoint ---------------------------------------------------------------
+# --- storage, sweep path, entrypoint -------------------------------------------------------------
 @pytest.mark.parametrize("storage", ["/mnt/shared/runs", "s3://bucket/runs", "gs://b/r",
                                      "file:///mnt/nfs/runs"])
 def test_shared_storage_accepted(storage):
@@ -166,7 +167,7 @@ def test_project_root_is_found_from_a_subdirectory(project):
         jobs.find_project_root(Path("/"))
 
 
-# --- address and token auth -------------------------------------------------------------------------
+# --- address and token auth ----------------------------------------------------------------------
 def test_address_from_flag_or_environment(monkeypatch):
     assert jobs.resolve_address("http://10.0.0.1:8265/") == "http://10.0.0.1:8265"
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a GCS address is not a dashboard
@@ -218,7 +219,7 @@ def test_connect_explains_an_unreachable_dashboard():
         jobs.connect("http://h:1", client_factory=refuse)
 
 
-# --- submission ------------------------------------------------------------------------------------
+# --- submission ----------------------------------------------------------------------------------
 def test_submit_sweep_builds_the_job(project):
     sweep = project / "sweeps" / "tiny.yaml"
     sweep.write_text(SWEEP + "store: {path: /mnt/shared/models}\n")
@@ -250,7 +251,7 @@ def test_submit_uses_the_sweeps_storage_and_validates_before_submitting(project)
     assert len(client.submitted) == 1  # nothing submitted after a bad input
 
 
-# --- CLI -------------------------------------------------------------------------------------------
+# --- CLI -----------------------------------------------------------------------------------------
 @pytest.fixture
 def fake(monkeypatch):
     client = FakeClient(statuses=("RUNNING", "SUCCEEDED"))
