@@ -23,7 +23,7 @@ def rendered() -> dict:
 
 def _camera_points(depth: np.ndarray) -> np.ndarray:
     """Back-project depth [B, H, W] with the intrinsics: camera-frame points [B, H, W, 3]."""
-    k = render_mod.intrinsics(depth.shape[-1])
+    k = geo.intrinsics(depth.shape[-1])
     v, u = np.mgrid[0:depth.shape[1], 0:depth.shape[2]].astype(np.float64)
     x = (u - k[0, 2]) / k[0, 0]
     y = (v - k[1, 2]) / k[1, 1]
@@ -167,7 +167,7 @@ def test_depth_matches_ray_marching_oracle(rendered: dict) -> None:
     obj = slot[b, v, u] >= 0      # oversample object pixels: they are the hard part
     keep = np.concatenate([np.flatnonzero(obj)[:200], np.flatnonzero(~obj)[:100]])
     b, v, u = b[keep], v[keep], u[keep]
-    k = render_mod.intrinsics(SIZE)
+    k = geo.intrinsics(SIZE)
     d_cam = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones(len(u))], -1)
     step = 0.002
     t = np.arange(0.05, 14.0, step)

@@ -47,36 +47,6 @@ _QUADRIC = {geo.SPHERE: (1.0, 0.0, -1.0, 0, 0), geo.CYLINDER: (0.0, 0.0, -1.0, 1
             geo.CONE: (-0.25, 0.5, -0.25, 1, 0), geo.BOX: (0.0, 0.0, 0.0, 0, 0)}
 
 
-def _keypoint_table() -> tuple[np.ndarray, np.ndarray]:
-    """Unit-frame keypoints [4 shapes, 8, 3] and their validity [4, 8]."""
-    ring = [(math.cos(a), math.sin(a)) for a in (0.0, math.pi / 2, math.pi, 3 * math.pi / 2)]
-    pts = {
-        geo.SPHERE: [(0.0, 0.0, 1.0)] + [(x, y, 0.0) for x, y in ring],
-        geo.CYLINDER: [(x, y, z) for z in (-1.0, 1.0) for x, y in ring],
-        geo.CONE: [(0.0, 0.0, 1.0)] + [(x, y, -1.0) for x, y in ring],
-        geo.BOX: [(x, y, z) for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (-1.0, 1.0)],
-    }
-    table, valid = np.zeros((4, 8, 3)), np.zeros((4, 8), dtype=bool)
-    for shape, p in pts.items():
-        table[shape, :len(p)] = p
-        valid[shape, :len(p)] = True
-    return table, valid
-
-
-_KEYPOINTS, _KEYPOINT_VALID = _keypoint_table()
-
-
-def focal_length(size: int) -> float:
-    """Focal length in pixels of the fixed-FOV pinhole camera for square images of `size`."""
-    return (size / 2.0) / math.tan(math.radians(geo.FOV_DEG) / 2.0)
-
-
-def intrinsics(size: int) -> np.ndarray:
-    """3x3 pinhole matrix K (principal point at the image centre)."""
-    f, c = focal_length(size), (size - 1) / 2.0
-    return np.array([[f, 0.0, c], [0.0, f, c], [0.0, 0.0, 1.0]])
-
-
 # Rows of the packed per-object parameter table (float32 [_NP, N]), gathered per ray.
 _P_M, _P_OQX, _P_QA, _P_QB, _P_QC = 0, 9, 12, 13, 14
 _P_CAPLO, _P_CAPHI, _P_HALF, _P_BOX = 15, 16, 17, 20
@@ -198,8 +168,8 @@ def _sobel(lum: Tensor) -> Tensor:
 def _keypoints(s: geo.SceneParams, pairs: dict[str, np.ndarray], depth: np.ndarray, size: int
                ) -> tuple[Tensor, dict[str, np.ndarray]]:
     """Heat-map [B, H, W] of the visible keypoints and (for tests) their projections."""
-    kp = _KEYPOINTS[pairs["shape"]] * pairs["half"][:, None, :]          # [N, 8, 3] scaled
-    valid = _KEYPOINT_VALID[pairs["shape"]]
+    kp = geo.KEYPOINTS[pairs["shape"]] * pairs["half"][:, None, :]          # [N, 8, 3] scaled
+    valid = geo.KEYPOINT_VALID[pairs["shape"]]
     b, k = pairs["b"], pairs["k"]
     cy, sy = np.cos(s.obj_yaw[b, k])[:, None], np.sin(s.obj_yaw[b, k])[:, None]
     c = s.obj_center[b, k]
@@ -209,7 +179,7 @@ def _keypoints(s: geo.SceneParams, pairs: dict[str, np.ndarray], depth: np.ndarr
     r = s.cam_rot[b]                                                     # columns = cam axes
     x, y, z = (r[:, None, 0, j] * world[..., 0] + r[:, None, 1, j] * world[..., 1]
                + r[:, None, 2, j] * world[..., 2] for j in range(3))
-    f, c0 = focal_length(size), (size - 1) / 2.0
+    f, c0 = geo.focal_length(size), (size - 1) / 2.0
     zs = np.where(z > 1e-3, z, 1.0)
     u, v = f * x / zs + c0, f * y / zs + c0
     ui, vi = np.floor(u + 0.5).astype(np.int64), np.floor(v + 0.5).astype(np.int64)
@@ -234,7 +204,7 @@ def _keypoints(s: geo.SceneParams, pairs: dict[str, np.ndarray], depth: np.ndarr
 
 def _pixel_dirs(size: int) -> tuple[Tensor, Tensor]:
     """Camera-frame ray directions (ux, uy, 1) of pixel p = v * size + u, as ux [P], uy [P]."""
-    f, c0 = focal_length(size), (size - 1) / 2.0
+    f, c0 = geo.focal_length(size), (size - 1) / 2.0
     g = (torch.arange(size, dtype=torch.float64) - c0) / f
     return g.repeat(size).float(), g.repeat_interleave(size).float()
 

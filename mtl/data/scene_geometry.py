@@ -1,8 +1,9 @@
-"""Scene parameters of the synthetic multi-task dataset: class table, per-sample hashing, sampling.
+"""Scene parameters of the synthetic multi-task dataset: classes, camera, hashing, sampling.
 
 A scene is a box-shaped room (floor, walls, ceiling) holding 2-6 primitives that stand on the
 floor, a pinhole camera 1.3-2.6 m from object 0 looking at it, and one point light under the
-ceiling. Everything here is plain numpy (float64) and vectorised over a batch of scenes; the
+ceiling. The pinhole intrinsics and each primitive's keypoints are defined here too.
+Everything here is plain numpy (float64) and vectorised over a batch of scenes; the
 renderer (`mtl.data.render`) turns a `SceneParams` into pixels and labels.
 
 Determinism: sample i of a split draws all its numbers from a SplitMix64 stream seeded by
@@ -13,6 +14,7 @@ length it was generated with, and the splits are different hash streams.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -97,6 +99,36 @@ _U_CAM_TRY = _U_OBJ + MAX_OBJECTS * _PER_OBJ
 NUM_UNIFORMS = _U_CAM_TRY + 2 * CAM_TRIES
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _keypoint_table() -> tuple[np.ndarray, np.ndarray]:
+    """Unit-frame keypoints [4 shapes, 8, 3] and their validity [4, 8]."""
+    ring = [(math.cos(a), math.sin(a)) for a in (0.0, math.pi / 2, math.pi, 3 * math.pi / 2)]
+    pts = {
+        SPHERE: [(0.0, 0.0, 1.0)] + [(x, y, 0.0) for x, y in ring],
+        CYLINDER: [(x, y, z) for z in (-1.0, 1.0) for x, y in ring],
+        CONE: [(0.0, 0.0, 1.0)] + [(x, y, -1.0) for x, y in ring],
+        BOX: [(x, y, z) for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (-1.0, 1.0)],
+    }
+    table, valid = np.zeros((4, 8, 3)), np.zeros((4, 8), dtype=bool)
+    for shape, p in pts.items():
+        table[shape, :len(p)] = p
+        valid[shape, :len(p)] = True
+    return table, valid
+
+
+KEYPOINTS, KEYPOINT_VALID = _keypoint_table()   # per shape, unit object frame
+
+
+def focal_length(size: int) -> float:
+    """Focal length in pixels of the fixed-FOV pinhole camera for square images of `size`."""
+    return (size / 2.0) / math.tan(math.radians(FOV_DEG) / 2.0)
+
+
+def intrinsics(size: int) -> np.ndarray:
+    """3x3 pinhole matrix K (principal point at the image centre)."""
+    f, c = focal_length(size), (size - 1) / 2.0
+    return np.array([[f, 0.0, c], [0.0, f, c], [0.0, 0.0, 1.0]])
 
 
 @dataclass(frozen=True)
