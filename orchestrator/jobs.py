@@ -28,7 +28,7 @@ from typing import Any, TextIO
 # Never shipped: environments, results, caches, VCS data, build outputs.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".venv", "venv", ".git", "runs", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis",
-    ".mypy_cache", ".ruff_cache", ".cache", "*.egg-info", "build", "dist", ".whl", ".gl",
+    ".mypy_cache", ".ruff_cache", ".cache", "*.egg-info", "/build", "/dist", ".whl", ".gl",
 )
 # Installed on the cluster image, not per job: torch comes from a CUDA index there, and ray
 # must be the very version the cluster runs.
