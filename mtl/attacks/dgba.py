@@ -16,6 +16,7 @@ T-backward reference of the same direction for tests and benchmarks.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -31,6 +32,16 @@ DENOMINATORS = ("current", "clean")
 def _check_solver(solver: str) -> None:
     if solver not in LP_SOLVERS:
         raise ValueError(f"solver: unknown value {solver!r}; allowed: {list(LP_SOLVERS)}")
+
+
+def _cbc() -> "pulp.PULP_CBC_CMD":  # noqa: F821
+    """PuLP's bundled CBC, quiet. PuLP 3.3 marks PULP_CBC_CMD deprecated in favour of a separately
+    installed CBC (COIN_CMD), which this environment does not have, so the warning is muted."""
+    import pulp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return pulp.PULP_CBC_CMD(msg=False)
 
 
 def _pulp_optimal(problem: "pulp.LpProblem") -> None:  # noqa: F821 - pulp imported lazily
@@ -49,7 +60,8 @@ def solve_box_lp(c: Tensor, lo: Tensor, hi: Tensor, solver: str = "closed_form")
 
     closed_form: delta = hi where c > 0, lo where c < 0, and for c == 0 (every value is optimal)
     the point of [lo, hi] closest to 0, i.e. "do not move" when the box contains 0.
-    pulp: the same LP written for CBC (an oracle for tests; slow on large tensors).
+    pulp: the same LP written for CBC (an oracle for tests; slow on large tensors; CBC reports
+    values to about 1e-6).
     """
     _check_solver(solver)
     if not (c.shape == lo.shape == hi.shape):
@@ -64,9 +76,9 @@ def solve_box_lp(c: Tensor, lo: Tensor, hi: Tensor, solver: str = "closed_form")
 
     cf, lf, hf = (t.detach().reshape(-1).double().cpu().tolist() for t in (c, lo, hi))
     problem = pulp.LpProblem("box_lp", pulp.LpMaximize)
-    xs = [pulp.LpVariable(f"d{i}", lowBound=lf[i], upBound=hf[i]) for i in range(len(cf))]
+    xs = [problem.add_variable(f"d{i}", lf[i], hf[i]) for i in range(len(cf))]
     problem += pulp.LpAffineExpression(list(zip(xs, cf)))
-    problem.solve(pulp.PULP_CBC_CMD(msg=False))
+    problem.solve(_cbc())
     _pulp_optimal(problem)
     out = [v.varValue if v.varValue is not None else t for v, t in
            zip(xs, tie.reshape(-1).tolist())]
@@ -86,9 +98,9 @@ def solve_sign_ilp(c: Tensor, solver: str = "closed_form") -> Tensor:
 
     cf = c.detach().reshape(-1).double().cpu().tolist()
     problem = pulp.LpProblem("sign_ilp", pulp.LpMaximize)
-    bs = [pulp.LpVariable(f"b{i}", cat=pulp.LpBinary) for i in range(len(cf))]
+    bs = [problem.add_variable(f"b{i}", cat=pulp.LpBinary) for i in range(len(cf))]
     problem += pulp.LpAffineExpression([(b, 2.0 * ci) for b, ci in zip(bs, cf)]) - sum(cf)
-    problem.solve(pulp.PULP_CBC_CMD(msg=False))
+    problem.solve(_cbc())
     _pulp_optimal(problem)
     out = [2.0 * (b.varValue if b.varValue is not None else 1.0) - 1.0 for b in bs]
     return torch.tensor(out, dtype=c.dtype, device=c.device).reshape(c.shape)

@@ -60,35 +60,43 @@ def _line_min(v: Tensor, d: Tensor, lo: Tensor, hi: Tensor, tmax: Tensor) -> Ten
 
 
 def _polish(w: Tensor, G: Tensor, lo: Tensor, hi: Tensor, extra: int = 3) -> Tensor:
-    """Active-set polish: try the simplex vertices of g near w (T-1 coordinates of v set to 0,
-    possibly some weights fixed to 0) and keep any that lowers g."""
+    """Active-set polish: try the vertices of g near w — for every subset of tasks with positive
+    weight, the point where |subset|-1 of the coordinates with the smallest |v| vanish — and keep
+    any that lowers g."""
     B, T, n = G.shape
     best, v = dual_value(w, G, lo, hi)
     order = (v.abs() / G.abs().sum(1).clamp_min(1e-30)).argsort(-1)
-    heavy = w.argsort(-1, descending=True)
+    for t in range(T):  # the simplex vertices (one task alone)
+        cand = torch.zeros_like(w)
+        cand[:, t] = 1.0
+        value, _ = dual_value(cand, G, lo, hi)
+        better = value < best
+        best = torch.where(better, value, best)
+        w = torch.where(better[:, None], cand, w)
     for free_count in range(T, 1, -1):
-        free = heavy[:, :free_count]
-        Gf = G.gather(1, free[:, :, None].expand(B, free_count, n))
-        rhs = torch.zeros(B, free_count, dtype=G.dtype, device=G.device)
-        rhs[:, -1] = 1.0
-        for zeros in itertools.combinations(range(min(n, free_count - 1 + extra)),
-                                            free_count - 1):
-            idx = order[:, list(zeros)]
-            A = Gf.gather(2, idx[:, None, :].expand(B, free_count, free_count - 1))
-            A = torch.cat([A.transpose(1, 2), torch.ones_like(rhs[:, None, :])], 1)
-            sol, info = torch.linalg.solve_ex(A, rhs)
-            ok = (info == 0) & torch.isfinite(sol).all(-1) & (sol >= -1e-9).all(-1)
-            sol = torch.nan_to_num(sol).clamp_min(0)
-            sol = sol / sol.sum(-1, keepdim=True).clamp_min(1e-30)
-            cand = torch.zeros_like(w).scatter(1, free, sol)
-            value, _ = dual_value(cand, G, lo, hi)
-            better = ok & (value < best)
-            best = torch.where(better, value, best)
-            w = torch.where(better[:, None], cand, w)
+        for subset in itertools.combinations(range(T), free_count):
+            free = torch.tensor(subset, device=G.device).expand(B, free_count)
+            Gf = G[:, list(subset)]
+            rhs = torch.zeros(B, free_count, dtype=G.dtype, device=G.device)
+            rhs[:, -1] = 1.0
+            for zeros in itertools.combinations(range(min(n, free_count - 1 + extra)),
+                                                free_count - 1):
+                idx = order[:, list(zeros)]
+                A = Gf.gather(2, idx[:, None, :].expand(B, free_count, free_count - 1))
+                A = torch.cat([A.transpose(1, 2), torch.ones_like(rhs[:, None, :])], 1)
+                sol, info = torch.linalg.solve_ex(A, rhs)
+                ok = (info == 0) & torch.isfinite(sol).all(-1) & (sol >= -1e-9).all(-1)
+                sol = torch.nan_to_num(sol).clamp_min(0)
+                sol = sol / sol.sum(-1, keepdim=True).clamp_min(1e-30)
+                cand = torch.zeros_like(w).scatter(1, free, sol)
+                value, _ = dual_value(cand, G, lo, hi)
+                better = ok & (value < best)
+                best = torch.where(better, value, best)
+                w = torch.where(better[:, None], cand, w)
     return w
 
 
-def solve_minmax_dual(G: Tensor, lo: Tensor, hi: Tensor, iters: int = 300
+def solve_minmax_dual(G: Tensor, lo: Tensor, hi: Tensor, iters: int = 100
                       ) -> tuple[Tensor, Tensor]:
     """min over the task simplex of g(w); returns (w [B, T], g(w) [B]), g(w) >= the LP optimum
     (weak duality) and equal to it at the exact solution. Bounds need lo <= hi."""
@@ -126,19 +134,19 @@ def solve_minmax_lp(G: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """Exact LP per sample with pulp + CBC: returns (delta [B, n], optimum value [B])."""
     import pulp
 
-    from mtl.attacks.dgba import _pulp_optimal
+    from mtl.attacks.dgba import _cbc, _pulp_optimal
 
     deltas, values = [], []
     for b in range(G.shape[0]):
         Gb = G[b].double().cpu().tolist()
         lb, hb = lo[b].double().cpu().tolist(), hi[b].double().cpu().tolist()
         problem = pulp.LpProblem("minmax", pulp.LpMaximize)
-        xs = [pulp.LpVariable(f"d{i}", lowBound=lb[i], upBound=hb[i]) for i in range(len(lb))]
-        z = pulp.LpVariable("z")
+        xs = [problem.add_variable(f"d{i}", lb[i], hb[i]) for i in range(len(lb))]
+        z = problem.add_variable("z")
         problem += z
         for t, row in enumerate(Gb):
             problem += (pulp.LpAffineExpression(list(zip(xs, row))) - z >= 0, f"task{t}")
-        problem.solve(pulp.PULP_CBC_CMD(msg=False))
+        problem.solve(_cbc())
         _pulp_optimal(problem)
         deltas.append([x.varValue if x.varValue is not None else min(max(0.0, l), h)
                        for x, l, h in zip(xs, lb, hb)])
@@ -170,7 +178,7 @@ def minmax_direction(ctx: AttackContext, x: Tensor) -> tuple[Tensor, Tensor]:
     if solver == "pulp" or (solver == "auto" and G.shape[-1] <= AUTO_PULP_MAX_DIM):
         step, _ = solve_minmax_lp(G, lo, hi)
     else:
-        w, _ = solve_minmax_dual(G, lo, hi, iters=int(ctx.options.get("dual_iters", 300)))
+        w, _ = solve_minmax_dual(G, lo, hi, iters=int(ctx.options.get("dual_iters", 100)))
         step = primal_from_dual(w, G, lo, hi)
     value = relative_changes(losses.detach(), ctx.clean_losses).amin(0)
     return step.to(x.dtype).reshape(x.shape), value

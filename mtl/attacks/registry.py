@@ -28,7 +28,7 @@ OBJECTIVES: dict[str, Objective] = {
                       options={"denominator": "current"}),
     "minmax": Objective("minmax", minmax_direction,
                         lambda losses, clean: relative_changes(losses, clean).amin(0),
-                        options={"denominator": "current", "solver": "auto", "dual_iters": 300},
+                        options={"denominator": "current", "solver": "auto", "dual_iters": 100},
                         backward_passes="T"),
 }
 METHODS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "mifgsm": MIFGSM, "apgd": APGD}
