@@ -9,12 +9,10 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import jsonschema
+import jsonschema  # ray[default] (the `cluster` extra) brings it; Ray's validator needs it
 import pytest
 import yaml
-
-pytest.importorskip("ray.autoscaler._private.util")
-from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
