@@ -208,6 +208,17 @@ def test_scene_class_is_the_largest_visible_object(rendered: dict) -> None:
         assert int(rendered["scene_class"][b]) in winners
 
 
+def test_edges_are_sobel_of_the_unshaded_albedo(rendered: dict) -> None:
+    alb = rendered["albedo"]
+    lum = (0.299 * alb[:, 0] + 0.587 * alb[:, 1] + 0.114 * alb[:, 2])[:, None]
+    sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    pad = torch.nn.functional.pad(lum, (1, 1, 1, 1), mode="replicate")
+    g = torch.nn.functional.conv2d(pad, torch.stack([sx, sx.T])[:, None])
+    ref = (g.norm(dim=1) / 4).clamp(0, 1)
+    assert torch.allclose(rendered["edge_texture"], ref, atol=1e-5)
+    assert float(ref.amax()) > 0.3 and float((ref == 0).float().mean()) > 0.3
+
+
 def test_keypoints_mark_visible_projections(rendered: dict) -> None:
     kp, heat = rendered["keypoints"], rendered["keypoints2d"].numpy()
     vis = kp["visible"]
