@@ -93,7 +93,10 @@ def resolve_trial(config: Mapping[str, Any]) -> dict:
 
 def tune_trainable(config: dict) -> None:
     """The Ray Tune function trainable (config = `sweep.param_space` + ``run`` paths)."""
+    import logging
     from ray import tune
+    # Tune logs every persisted checkpoint at INFO; one per epoch per trial drowns the table.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     trial = resolve_trial(config)
     if trial["search"]:  # sampled trials may coincide: the Tune index keeps their files apart
         trial["trial_id"] += "-" + tune.get_context().get_trial_id().rsplit("_", 1)[-1]
