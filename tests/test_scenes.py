@@ -216,7 +216,7 @@ def test_edges_are_sobel_of_the_unshaded_albedo(rendered: dict) -> None:
     g = torch.nn.functional.conv2d(pad, torch.stack([sx, sx.T])[:, None])
     ref = (g.norm(dim=1) / 4).clamp(0, 1)
     assert torch.allclose(rendered["edge_texture"], ref, atol=1e-5)
-    assert float(ref.amax()) > 0.3 and float((ref == 0).float().mean()) > 0.3
+    assert float(ref.amax()) > 0.3 and float((ref < 0.02).float().mean()) > 0.3   # sparse
 
 
 def test_keypoints_mark_visible_projections(rendered: dict) -> None:
