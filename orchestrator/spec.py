@@ -1,11 +1,13 @@
-"""Sweep YAML -> validated, frozen `SweepSpec` -> Ray Tune param space.
+"""Sweep YAML -> validated, frozen `SweepSpec`.
 
 A sweep is the cartesian grid of its axes (layouts x adversarial training x optimiser x rho x
-seed), optionally searched instead over rho / epochs by a Tune search algorithm. Every malformed
-input stops the run before any work with ONE `SpecError` (a ValueError) naming the YAML path,
-e.g. ``attacks.objectives[2]: unknown objective 'dgbaa'; allowed: ...``. The YAML keys are
-documented in sweeps/demo.yaml; the checks against the live cluster (GPU present, a node big
-enough for one trial) are in `check_cluster`, called after ``ray.init`` and before any trial.
+seed), or a Tune search over rho / epochs. Every malformed input stops the run before any work
+with ONE `SpecError` (a ValueError) naming the YAML path and the allowed values, e.g.
+``attacks.objectives[2]: unknown objective 'dgbaa'; allowed: ...``. The format is documented
+key by key in sweeps/demo.yaml. Sections parsed next to the code that uses them: `search`
+(orchestrator.sweep.parse_search) and `transfer` (orchestrator.store.parse_targets); the
+checks against the live cluster are orchestrator.sweep.check_cluster, run after ``ray.init``
+and before any trial. The small typed readers here (`Node`, `as_int`, ...) serve all three.
 """
 from __future__ import annotations
 
@@ -21,19 +23,14 @@ import yaml
 
 from mtl.models import Layout, enumerate_layouts
 from mtl.tasks import TASK_NAMES
-from mtl.train.zoo import config_hash
 from mtl.data import DATASETS
 
 NUM_BLOCKS = 5
 OPTIMIZERS = ("sgd", "adam")
 METHODS = ("fgsm", "pgd", "ifgsm", "mifgsm", "apgd")
 OBJECTIVES = ("single", "single:<task>", "total", "signsum", "dgba", "minmax")
-ADV_OBJECTIVES = ("total", "dgba", "single:<task>")
 ADV_METHODS = ("fgsm", "pgd")
 ADV_MIX = ("alternate", "weighted")
-SEARCH_MODES = ("grid", "random")
-SEARCH_PARAMS = {"rho": ("uniform", "loguniform", "choice"), "epochs": ("randint", "choice")}
-SCHEDULERS = ("none", "asha")
 # Final metrics a trial reports (means over its kept epochs; see orchestrator/trial.py).
 FINAL_METRICS = ("transfer_success", "transfer_delta", "whitebox_delta", "cross_task_delta",
                  "train_loss")
@@ -43,26 +40,26 @@ class SpecError(ValueError):
     """A malformed sweep spec; the message starts with the YAML path of the offending value."""
 
 
-def _fail(path: str, message: str) -> None:
+def fail(path: str, message: str) -> None:
     raise SpecError(f"{path}: {message}")
 
 
-def _show(values: Any) -> str:
+def show(values: Any) -> str:
     return ", ".join(str(v) for v in values)
 
 
-class _Node:
+class Node:
     """A YAML mapping being read: typed getters that know their path, unknown-key detection."""
 
     def __init__(self, value: Any, path: str, keys: tuple[str, ...]) -> None:
         if not isinstance(value, dict):
-            _fail(path or "<top>", f"expected a mapping with keys {_show(keys)}, "
-                  f"got {type(value).__name__} {value!r}")
+            fail(path or "<top>", f"expected a mapping with keys {show(keys)}, "
+                 f"got {type(value).__name__} {value!r}")
         for key in value:
             if key not in keys:
                 close = difflib.get_close_matches(str(key), keys, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                _fail(_join(path, key), f"unknown key{hint}; allowed keys: {_show(keys)}")
+                fail(_join(path, key), f"unknown key{hint}; allowed keys: {show(keys)}")
         self.value, self.path = value, path
 
     def at(self, key: str) -> str:
@@ -73,7 +70,7 @@ class _Node:
 
     def require(self, key: str) -> Any:
         if key not in self.value:
-            _fail(self.at(key), "required key is missing")
+            fail(self.at(key), "required key is missing")
         return self.value[key]
 
 
@@ -81,52 +78,52 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _int(value: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
+def as_int(value: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        _fail(path, f"expected an integer, got {type(value).__name__} {value!r}")
+        fail(path, f"expected an integer, got {type(value).__name__} {value!r}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        _fail(path, f"{value} is out of range; allowed: {lo if lo is not None else '-inf'}.."
-              f"{hi if hi is not None else 'inf'}")
+        fail(path, f"{value} is out of range; allowed: {lo if lo is not None else '-inf'}.."
+             f"{hi if hi is not None else 'inf'}")
     return value
 
 
-def _float(value: Any, path: str, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False) -> float:
+def as_float(value: Any, path: str, lo: float | None = None, hi: float | None = None,
+             lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        _fail(path, f"expected a finite number, got {type(value).__name__} {value!r}")
+        fail(path, f"expected a finite number, got {type(value).__name__} {value!r}")
     value = float(value)
     if lo is not None and (value < lo or (lo_open and value == lo)):
-        _fail(path, f"{value:g} is out of range; allowed: {'>' if lo_open else '>='} {lo:g}"
-              + (f" and <= {hi:g}" if hi is not None else ""))
+        fail(path, f"{value:g} is out of range; allowed: {'>' if lo_open else '>='} {lo:g}"
+             + (f" and <= {hi:g}" if hi is not None else ""))
     if hi is not None and value > hi:
-        _fail(path, f"{value:g} is out of range; allowed: <= {hi:g}")
+        fail(path, f"{value:g} is out of range; allowed: <= {hi:g}")
     return value
 
 
-def _bool(value: Any, path: str) -> bool:
+def as_bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
-        _fail(path, f"expected true or false, got {value!r}")
+        fail(path, f"expected true or false, got {value!r}")
     return value
 
 
-def _choice(value: Any, path: str, allowed: tuple[str, ...], what: str = "value") -> str:
+def as_choice(value: Any, path: str, allowed: tuple[str, ...], what: str = "value") -> str:
     if not isinstance(value, str) or value not in allowed:
-        _fail(path, f"unknown {what} {value!r}; allowed: {_show(allowed)}")
+        fail(path, f"unknown {what} {value!r}; allowed: {show(allowed)}")
     return value
 
 
-def _list(value: Any, path: str, nonempty: bool = True) -> list:
+def as_list(value: Any, path: str, nonempty: bool = True) -> list:
     """A YAML list; a scalar is read as a one-element list (``seeds: 0`` == ``seeds: [0]``)."""
     items = value if isinstance(value, list) else [value]
     if nonempty and not items:
-        _fail(path, "expected a non-empty list")
+        fail(path, "expected a non-empty list")
     return items
 
 
-def _unique(items: list, path: str) -> None:
+def check_unique(items: list, path: str) -> None:
     for i, item in enumerate(items):
         if item in items[:i]:
-            _fail(f"{path}[{i}]", f"duplicate value {item!r}")
+            fail(f"{path}[{i}]", f"duplicate value {item!r}")
 
 
 # --- the frozen spec ------------------------------------------------------------------------------
@@ -188,50 +185,52 @@ TOP_KEYS = ("name", "storage", "dataset", "tasks", "model", "layouts", "training
 def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = None
                ) -> SweepSpec:
     """Validate a parsed YAML mapping into a `SweepSpec` (see module docstring)."""
-    top = _Node(raw, "", TOP_KEYS)
+    top = Node(raw, "", TOP_KEYS)
     sweep_name = top.get("name", name)
     if not isinstance(sweep_name, str) or not sweep_name or not all(
             c.isalnum() or c in "_.-=+" for c in sweep_name) or sweep_name[0] in ".-":
-        _fail("name", f"expected a name of letters, digits and _ . - = + (not starting with a "
-              f"dot or dash), got {sweep_name!r}")
+        fail("name", f"expected a name of letters, digits and _ . - = + (not starting with a "
+             f"dot or dash), got {sweep_name!r}")
     store_raw = storage if storage is not None else top.get("storage")
     if store_raw is not None and (not isinstance(store_raw, str) or not store_raw):
-        _fail("storage", f"expected a directory or URI string, got {store_raw!r}")
+        fail("storage", f"expected a directory or URI string, got {store_raw!r}")
     tasks = _tasks(top.require("tasks"))
     dataset = _dataset(top.require("dataset"), tasks)
-    model = _Node(top.get("model", {}), "model", ("width",))
-    width = _int(model.get("width", 16), model.at("width"), 1, 512)
+    model = Node(top.get("model", {}), "model", ("width",))
+    width = as_int(model.get("width", 16), model.at("width"), 1, 512)
     layouts = _layouts(top.get("layouts", [NUM_BLOCKS]), "layouts", len(tasks))
     training, optimizers, rhos, seeds = _training(top.require("training"))
-    adv = tuple(_adv(a, f"adv_train[{i}]", tasks)
-                for i, a in enumerate(_list(top.get("adv_train", ["none"]), "adv_train")))
-    _unique(list(adv), "adv_train")
+    adv = tuple(parse_adv(a, f"adv_train[{i}]", tasks)
+                for i, a in enumerate(as_list(top.get("adv_train", ["none"]), "adv_train")))
+    check_unique(list(adv), "adv_train")
     sharpness = _sharpness(top.get("sharpness"))
     attacks = _attacks(top.require("attacks"), tasks)
     cross = _cross_task(top.get("cross_task", False))
     resources = _resources(top.get("resources", {}))
-    search = _search(top.get("search", {"mode": "grid"}), training["epochs"])
-    store = _Node(top.get("store", {}), "store", ("reuse_surrogates", "path"))
+    from orchestrator.sweep import parse_search  # the search section is the Tuner's business
+    search = parse_search(top.get("search", {"mode": "grid"}), training["epochs"])
+    store = Node(top.get("store", {}), "store", ("reuse_surrogates", "path"))
     store_path = store.get("path")
     if store_path is not None and (not isinstance(store_path, str) or "://" in store_path):
-        _fail("store.path", f"expected a local (or shared-filesystem) directory, got "
-              f"{store_path!r}; the model store needs file locks, which object stores lack")
+        fail("store.path", f"expected a local (or shared-filesystem) directory, got "
+             f"{store_path!r}; the model store needs file locks, which object stores lack")
     spec = SweepSpec(
         name=sweep_name, storage=store_raw, dataset=dataset, tasks=tasks, width=width,
         layouts=layouts, training=training, optimizers=optimizers, rhos=rhos, seeds=seeds,
         adv_train=adv, sharpness=sharpness, attacks=attacks, cross_task=cross,
         targets=(), resources=resources, search=search,
-        max_concurrent=_int(top.get("max_concurrent", 0), "max_concurrent", 0),
-        max_failures=_int(top.get("max_failures", 2), "max_failures", -1),
-        reuse_surrogates=_bool(store.get("reuse_surrogates", False), "store.reuse_surrogates"),
+        max_concurrent=as_int(top.get("max_concurrent", 0), "max_concurrent", 0),
+        max_failures=as_int(top.get("max_failures", 2), "max_failures", -1),
+        reuse_surrogates=as_bool(store.get("reuse_surrogates", False), "store.reuse_surrogates"),
         store_path=store_path)
-    targets = _targets(top.get("transfer"), spec)
+    from orchestrator.store import parse_targets  # the transfer zoo is the store's business
+    targets = parse_targets(top.get("transfer"), spec)
     spec = dataclasses.replace(spec, targets=targets)
     if search["mode"] != "grid" and search["metric"].startswith("transfer") and not targets:
-        _fail("search.metric", f"{search['metric']!r} needs transfer targets "
-              "(transfer.targets is empty)")
+        fail("search.metric", f"{search['metric']!r} needs transfer targets "
+             "(transfer.targets is empty)")
     if search["mode"] != "grid" and search["metric"] == "cross_task_delta" and not cross:
-        _fail("search.metric", "'cross_task_delta' needs cross_task: true")
+        fail("search.metric", "'cross_task_delta' needs cross_task: true")
     _check_trainer_accepts(spec)
     return spec
 
@@ -239,76 +238,64 @@ def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = N
 def _check_trainer_accepts(spec: SweepSpec) -> None:
     """Run mtl.train's own TrainConfig checks on every combination the sweep can produce."""
     import itertools
+    from orchestrator.trial import trial_train_config
     epochs = [spec.training["epochs"]]
     rhos = list(spec.rhos)
     for param, dist in spec.search.get("space", {}).items():
         (epochs if param == "epochs" else rhos).extend(dist["values"])
     for adv, opt, rho, seed, e in itertools.product(spec.adv_train, spec.optimizers, rhos,
                                                     spec.seeds, epochs):
-        _check_train_config(trial_train_config(spec.training, spec.sharpness, epochs=e,
-                                               optimizer=opt, rho=rho, seed=seed, adv=adv),
+        check_train_config(trial_train_config(spec.training, spec.sharpness, epochs=e,
+                                              optimizer=opt, rho=rho, seed=seed, adv=adv),
                             "training")
 
 
-def trial_train_config(training: Mapping, sharpness: dict | None, *, epochs: int,
-                       optimizer: str, rho: float, seed: int, adv: dict | None) -> dict:
-    """The TrainConfig dict of one trial: the sweep's `training` section with the axis values.
-    A searched `epochs` keeps the kept epochs that fit and always the last one."""
-    keep = list(training["keep_epochs"])
-    if epochs != training["epochs"]:
-        keep = sorted({k for k in keep if k <= epochs} | {epochs})
-    return {**training, "epochs": epochs, "keep_epochs": keep,
-            "milestones": [m for m in training["milestones"] if m <= epochs],
-            "optimizer": optimizer, "rho": float(rho), "seed": int(seed), "adv": adv,
-            "sharpness": sharpness}
-
-
 def _tasks(raw: Any) -> tuple[str, ...]:
-    items = _list(raw, "tasks")
+    items = as_list(raw, "tasks")
     for i, t in enumerate(items):
-        _choice(t, f"tasks[{i}]", TASK_NAMES, "task")
-    _unique(items, "tasks")
+        as_choice(t, f"tasks[{i}]", TASK_NAMES, "task")
+    check_unique(items, "tasks")
     return tuple(items)
 
 
 def _dataset(raw: Any, tasks: tuple[str, ...]) -> dict:
-    node = _Node(raw, "dataset", ("name", "size", "train", "val", "test", "seed", "root"))
-    name = _choice(node.require("name"), node.at("name"), tuple(DATASETS), "dataset")
+    node = Node(raw, "dataset", ("name", "size", "train", "val", "test", "seed", "root"))
+    name = as_choice(node.require("name"), node.at("name"), tuple(DATASETS), "dataset")
     root = node.get("root")
     if name != "scenes" and not isinstance(root, str):
-        _fail(node.at("root"), f"dataset {name!r} reads files: give the directory it lives in")
-    out = {"name": name, "size": _int(node.get("size", 32), node.at("size"), 8, 1024),
-           "seed": _int(node.get("seed", 0), node.at("seed"), 0), "root": root,
+        fail(node.at("root"), f"dataset {name!r} reads files: give the directory it lives in")
+    out = {"name": name, "size": as_int(node.get("size", 32), node.at("size"), 8, 1024),
+           "seed": as_int(node.get("seed", 0), node.at("seed"), 0), "root": root,
            "tasks": list(tasks)}
     for split, default in (("train", 512), ("val", 128), ("test", 128)):
-        out[split] = _int(node.get(split, default), node.at(split), 1)
+        out[split] = as_int(node.get(split, default), node.at(split), 1)
     return out
 
 
 def _layouts(raw: Any, path: str, num_tasks: int) -> tuple[str, ...]:
     if raw == "all":
         return tuple(str(lay) for lay in enumerate_layouts(num_tasks, NUM_BLOCKS))
-    items = _list(raw, path)
-    out = [_layout(item, f"{path}[{i}]", num_tasks) for i, item in enumerate(items)]
-    _unique(out, path)
+    items = as_list(raw, path)
+    out = [parse_layout(item, f"{path}[{i}]", num_tasks) for i, item in enumerate(items)]
+    check_unique(out, path)
     return tuple(out)
 
 
-def _layout(item: Any, path: str, num_tasks: int) -> str:
+def parse_layout(item: Any, path: str, num_tasks: int) -> str:
     """An int is a branch point k (share blocks < k); a string is a canonical Layout."""
     if isinstance(item, int) and not isinstance(item, bool):
-        _int(item, path, 0, NUM_BLOCKS)
+        as_int(item, path, 0, NUM_BLOCKS)
         return str(Layout.branch_point(item, num_tasks, NUM_BLOCKS))
     if not isinstance(item, str):
-        _fail(path, f"expected a branch point 0..{NUM_BLOCKS}, a layout string like "
-              f"'0+1+2|0+1+2|0,1+2|0,1,2|0,1,2' or 'all', got {item!r}")
+        fail(path, f"expected a branch point 0..{NUM_BLOCKS}, a layout string like "
+             f"'0+1+2|0+1+2|0,1+2|0,1,2|0,1,2' or 'all', got {item!r}")
     try:
         layout = Layout.parse(item)
     except ValueError as err:
         raise SpecError(f"{path}: {err}") from None
     if layout.num_tasks != num_tasks or layout.num_blocks != NUM_BLOCKS:
-        _fail(path, f"layout {item!r} has {layout.num_tasks} tasks and {layout.num_blocks} "
-              f"blocks; allowed: {num_tasks} tasks (as in `tasks`) and {NUM_BLOCKS} blocks")
+        fail(path, f"layout {item!r} has {layout.num_tasks} tasks and {layout.num_blocks} "
+             f"blocks; allowed: {num_tasks} tasks (as in `tasks`) and {NUM_BLOCKS} blocks")
     return str(layout)
 
 
@@ -318,39 +305,39 @@ TRAIN_KEYS = ("epochs", "keep_epochs", "batch_size", "optimizer", "lr", "momentu
 
 
 def _training(raw: Any) -> tuple[dict, tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
-    node = _Node(raw, "training", TRAIN_KEYS)
-    epochs = _int(node.require("epochs"), node.at("epochs"), 1, 10_000)
-    keep = _list(node.get("keep_epochs", [epochs]), node.at("keep_epochs"))
+    node = Node(raw, "training", TRAIN_KEYS)
+    epochs = as_int(node.require("epochs"), node.at("epochs"), 1, 10_000)
+    keep = as_list(node.get("keep_epochs", [epochs]), node.at("keep_epochs"))
     for i, k in enumerate(keep):
-        _int(k, f"training.keep_epochs[{i}]", 1, epochs)
-    _unique(keep, node.at("keep_epochs"))
-    milestones = _list(node.get("milestones", []), node.at("milestones"), nonempty=False)
+        as_int(k, f"training.keep_epochs[{i}]", 1, epochs)
+    check_unique(keep, node.at("keep_epochs"))
+    milestones = as_list(node.get("milestones", []), node.at("milestones"), nonempty=False)
     for i, m in enumerate(milestones):
-        _int(m, f"training.milestones[{i}]", 1, epochs)
-    optimizers = _list(node.get("optimizer", "sgd"), node.at("optimizer"))
+        as_int(m, f"training.milestones[{i}]", 1, epochs)
+    optimizers = as_list(node.get("optimizer", "sgd"), node.at("optimizer"))
     for i, o in enumerate(optimizers):
-        _choice(o, f"training.optimizer[{i}]", OPTIMIZERS, "optimizer")
-    _unique(optimizers, node.at("optimizer"))
-    rhos = [_float(r, f"training.rho[{i}]", 0.0)
-            for i, r in enumerate(_list(node.get("rho", 0.0), node.at("rho")))]
-    _unique(rhos, node.at("rho"))
-    seeds = [_int(s, f"training.seeds[{i}]", 0)
-             for i, s in enumerate(_list(node.get("seeds", 0), node.at("seeds")))]
-    _unique(seeds, node.at("seeds"))
+        as_choice(o, f"training.optimizer[{i}]", OPTIMIZERS, "optimizer")
+    check_unique(optimizers, node.at("optimizer"))
+    rhos = [as_float(r, f"training.rho[{i}]", 0.0)
+            for i, r in enumerate(as_list(node.get("rho", 0.0), node.at("rho")))]
+    check_unique(rhos, node.at("rho"))
+    seeds = [as_int(s, f"training.seeds[{i}]", 0)
+             for i, s in enumerate(as_list(node.get("seeds", 0), node.at("seeds")))]
+    check_unique(seeds, node.at("seeds"))
     weights = node.get("loss_weights", {}) or {}
     if not isinstance(weights, dict):
-        _fail(node.at("loss_weights"), f"expected a mapping task -> weight, got {weights!r}")
+        fail(node.at("loss_weights"), f"expected a mapping task -> weight, got {weights!r}")
     for task, w in weights.items():
-        _float(w, f"training.loss_weights.{task}", 0.0)
+        as_float(w, f"training.loss_weights.{task}", 0.0)
     training = {
         "epochs": epochs, "keep_epochs": sorted(keep),
-        "batch_size": _int(node.get("batch_size", 32), node.at("batch_size"), 1),
-        "lr": _float(node.get("lr", 0.05), node.at("lr"), 0.0, lo_open=True),
-        "momentum": _float(node.get("momentum", 0.9), node.at("momentum"), 0.0, 1.0),
-        "weight_decay": _float(node.get("weight_decay", 5e-4), node.at("weight_decay"), 0.0),
+        "batch_size": as_int(node.get("batch_size", 32), node.at("batch_size"), 1),
+        "lr": as_float(node.get("lr", 0.05), node.at("lr"), 0.0, lo_open=True),
+        "momentum": as_float(node.get("momentum", 0.9), node.at("momentum"), 0.0, 1.0),
+        "weight_decay": as_float(node.get("weight_decay", 5e-4), node.at("weight_decay"), 0.0),
         "milestones": sorted(milestones),
-        "gamma": _float(node.get("gamma", 0.1), node.at("gamma"), 0.0, 1.0, lo_open=True),
-        "sam_shared_only": _bool(node.get("sam_shared_only", False), node.at("sam_shared_only")),
+        "gamma": as_float(node.get("gamma", 0.1), node.at("gamma"), 0.0, 1.0, lo_open=True),
+        "sam_shared_only": as_bool(node.get("sam_shared_only", False), node.at("sam_shared_only")),
         "loss_weights": {str(k): float(v) for k, v in weights.items()},
     }
     return training, tuple(optimizers), tuple(rhos), tuple(seeds)
@@ -359,31 +346,31 @@ def _training(raw: Any) -> tuple[dict, tuple[str, ...], tuple[float, ...], tuple
 ADV_KEYS = ("objective", "method", "eps", "steps", "mix", "clean_weight", "options")
 
 
-def _adv(raw: Any, path: str, tasks: tuple[str, ...]) -> dict | None:
+def parse_adv(raw: Any, path: str, tasks: tuple[str, ...]) -> dict | None:
     if raw == "none" or raw is None:
         return None
-    node = _Node(raw, path, ADV_KEYS)
+    node = Node(raw, path, ADV_KEYS)
     objective = node.get("objective", "total")
     if not (isinstance(objective, str) and objective.startswith("single:")):
-        _choice(objective, node.at("objective"), ("total", "dgba"), "objective")
+        as_choice(objective, node.at("objective"), ("total", "dgba"), "objective")
     else:
-        _choice(objective[len("single:"):], node.at("objective"), tasks, "task")
-    method = _choice(node.get("method", "pgd"), node.at("method"), ADV_METHODS, "method")
-    steps = _int(node.get("steps", 1 if method == "fgsm" else 10), node.at("steps"), 1, 1000)
+        as_choice(objective[len("single:"):], node.at("objective"), tasks, "task")
+    method = as_choice(node.get("method", "pgd"), node.at("method"), ADV_METHODS, "method")
+    steps = as_int(node.get("steps", 1 if method == "fgsm" else 10), node.at("steps"), 1, 1000)
     if method == "fgsm" and steps != 1:
-        _fail(node.at("steps"), f"fgsm takes exactly 1 step, got {steps}; allowed: 1")
+        fail(node.at("steps"), f"fgsm takes exactly 1 step, got {steps}; allowed: 1")
     return {"objective": objective, "method": method,
-            "eps": _float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0, lo_open=True),
+            "eps": as_float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0, lo_open=True),
             "steps": steps,
-            "mix": _choice(node.get("mix", "alternate"), node.at("mix"), ADV_MIX, "mix"),
-            "clean_weight": _float(node.get("clean_weight", 0.5), node.at("clean_weight"),
-                                   0.0, 1.0),
-            "options": _options(node.get("options", {}), node.at("options"))}
+            "mix": as_choice(node.get("mix", "alternate"), node.at("mix"), ADV_MIX, "mix"),
+            "clean_weight": as_float(node.get("clean_weight", 0.5), node.at("clean_weight"),
+                                     0.0, 1.0),
+            "options": parse_options(node.get("options", {}), node.at("options"))}
 
 
-def _options(raw: Any, path: str) -> dict:
+def parse_options(raw: Any, path: str) -> dict:
     if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
-        _fail(path, f"expected a mapping of attack options (name -> value), got {raw!r}")
+        fail(path, f"expected a mapping of attack options (name -> value), got {raw!r}")
     return dict(raw)
 
 
@@ -402,7 +389,7 @@ def _sharpness(raw: Any) -> dict | None:
         return None
     from mtl.train import SharpnessConfig
     keys = tuple(f.name for f in dataclasses.fields(SharpnessConfig))
-    node = _Node(raw, "sharpness", keys)
+    node = Node(raw, "sharpness", keys)
     try:
         return SharpnessConfig.from_dict(node.value).to_dict()
     except (TypeError, ValueError) as err:
@@ -414,34 +401,34 @@ ATTACK_KEYS = ("methods", "objectives", "eps", "steps", "eval_samples", "batch_s
 
 
 def _attacks(raw: Any, tasks: tuple[str, ...]) -> dict:
-    node = _Node(raw, "attacks", ATTACK_KEYS)
-    methods = _list(node.require("methods"), node.at("methods"))
+    node = Node(raw, "attacks", ATTACK_KEYS)
+    methods = as_list(node.require("methods"), node.at("methods"))
     for i, m in enumerate(methods):
-        _choice(m, f"attacks.methods[{i}]", METHODS, "method")
-    _unique(methods, node.at("methods"))
+        as_choice(m, f"attacks.methods[{i}]", METHODS, "method")
+    check_unique(methods, node.at("methods"))
     objectives: list[str] = []
-    for i, o in enumerate(_list(node.require("objectives"), node.at("objectives"))):
+    for i, o in enumerate(as_list(node.require("objectives"), node.at("objectives"))):
         path = f"attacks.objectives[{i}]"
         if o == "single":
             objectives += [f"single:{t}" for t in tasks]
         elif isinstance(o, str) and o.startswith("single:"):
-            _choice(o[len("single:"):], path, tasks, "task")
+            as_choice(o[len("single:"):], path, tasks, "task")
             objectives.append(o)
         else:
-            _choice(o, path, OBJECTIVES, "objective")
+            as_choice(o, path, OBJECTIVES, "objective")
             objectives.append(o)
-    _unique(objectives, node.at("objectives"))
-    eps = [_float(e, f"attacks.eps[{i}]", 0.0, 255.0, lo_open=True)
-           for i, e in enumerate(_list(node.require("eps"), node.at("eps")))]
-    _unique(eps, node.at("eps"))
-    steps = _int(node.get("steps", 10), node.at("steps"), 1, 10_000)
-    options = _options(node.get("options", {}), node.at("options"))
+    check_unique(objectives, node.at("objectives"))
+    eps = [as_float(e, f"attacks.eps[{i}]", 0.0, 255.0, lo_open=True)
+           for i, e in enumerate(as_list(node.require("eps"), node.at("eps")))]
+    check_unique(eps, node.at("eps"))
+    steps = as_int(node.get("steps", 10), node.at("steps"), 1, 10_000)
+    options = parse_options(node.get("options", {}), node.at("options"))
     specs = [{"method": m, "objective": o, "eps": e, "steps": 1 if m == "fgsm" else steps,
               "options": dict(options)} for m in methods for o in objectives for e in eps]
     _check_attack_specs(specs, "attacks")
     return {"specs": specs,
-            "eval_samples": _int(node.get("eval_samples", 64), node.at("eval_samples"), 1),
-            "batch_size": _int(node.get("batch_size", 32), node.at("batch_size"), 1)}
+            "eval_samples": as_int(node.get("eval_samples", 64), node.at("eval_samples"), 1),
+            "batch_size": as_int(node.get("batch_size", 32), node.at("batch_size"), 1)}
 
 
 def _check_attack_specs(specs: list[dict], path: str) -> None:
@@ -459,69 +446,17 @@ def _cross_task(raw: Any) -> dict | None:
         return None
     if raw is True:
         raw = {}
-    node = _Node(raw, "cross_task", ("method", "eps", "steps"))
-    method = _choice(node.get("method", "fgsm"), node.at("method"), METHODS, "method")
-    out = {"method": method, "eps": _float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0,
-                                            lo_open=True),
-           "steps": 1 if method == "fgsm" else _int(node.get("steps", 10), node.at("steps"), 1)}
+    node = Node(raw, "cross_task", ("method", "eps", "steps"))
+    method = as_choice(node.get("method", "fgsm"), node.at("method"), METHODS, "method")
+    out = {"method": method, "eps": as_float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0,
+                                             lo_open=True),
+           "steps": 1 if method == "fgsm" else as_int(node.get("steps", 10), node.at("steps"), 1)}
     _check_attack_specs([{"method": method, "objective": "total", "eps": out["eps"],
                           "steps": out["steps"], "options": {}}], "cross_task")
     return out
 
 
-TARGET_KEYS = ("layout", "seed", "adv_train", "rho", "optimizer", "epochs")
-
-
-def _targets(raw: Any, spec: SweepSpec) -> tuple[dict, ...]:
-    """`transfer.targets`: target model configs; a list value in an entry expands to the
-    product (``{layout: [1, 4], seed: [1, 2]}`` = four targets)."""
-    if raw is None:
-        return ()
-    node = _Node(raw, "transfer", ("targets",))
-    out: list[dict] = []
-    for i, entry in enumerate(_list(node.get("targets", []), "transfer.targets", False)):
-        path = f"transfer.targets[{i}]"
-        e = _Node(entry, path, TARGET_KEYS)
-        layouts = [_layout(x, f"{path}.layout", len(spec.tasks))
-                   for x in _list(e.get("layout", NUM_BLOCKS), f"{path}.layout")]
-        seeds = [_int(s, f"{path}.seed", 0) for s in _list(e.get("seed", 0), f"{path}.seed")]
-        advs = [_adv(a, f"{path}.adv_train", spec.tasks)
-                for a in _list(e.get("adv_train", "none"), f"{path}.adv_train")]
-        rhos = [_float(r, f"{path}.rho", 0.0) for r in _list(e.get("rho", 0.0), f"{path}.rho")]
-        opt = _choice(e.get("optimizer", spec.optimizers[0]), f"{path}.optimizer", OPTIMIZERS,
-                      "optimizer")
-        epochs = _int(e.get("epochs", spec.training["epochs"]), f"{path}.epochs", 1, 10_000)
-        for layout in layouts:
-            for seed in seeds:
-                for adv in advs:
-                    for rho in rhos:
-                        train = trial_train_config(
-                            {**spec.training, "keep_epochs": [epochs]}, None, epochs=epochs,
-                            optimizer=opt, rho=rho, seed=seed, adv=adv)
-                        _check_train_config(train, path)
-                        config = model_config(spec, layout, train)
-                        label = (f"{_layout_label(layout)}-s{seed}-{adv_label(adv)}-rho{rho:g}"
-                                 f"-{opt}-e{epochs}")
-                        if any(t["id"] == config_hash(config) for t in out):
-                            _fail(path, f"target {label} duplicates an earlier target")
-                        out.append({"id": config_hash(config), "label": label,
-                                    "config": config})
-    return tuple(out)
-
-
-def _layout_label(layout: str) -> str:
-    k = Layout.parse(layout).branch_point_of()
-    return f"bp{k}" if k is not None else layout
-
-
-def model_config(spec: SweepSpec, layout: str, train: dict) -> dict:
-    """The full training config of one model (what the model store hashes)."""
-    return {"dataset": {k: v for k, v in spec.dataset.items() if k not in ("val", "test")},
-            "model": {"layout": layout, "tasks": list(spec.tasks), "width": spec.width},
-            "train": train}
-
-
-def _check_train_config(train: dict, path: str) -> None:
+def check_train_config(train: dict, path: str) -> None:
     from mtl.train import TrainConfig
     try:
         TrainConfig.from_dict(train).validate()
@@ -530,70 +465,19 @@ def _check_train_config(train: dict, path: str) -> None:
 
 
 def _resources(raw: Any) -> dict:
-    node = _Node(raw, "resources", ("cpu", "gpu", "custom"))
-    cpu = _float(node.get("cpu", 1), node.at("cpu"), 0.0, lo_open=True)
-    gpu = _float(node.get("gpu", 0), node.at("gpu"), 0.0)
+    node = Node(raw, "resources", ("cpu", "gpu", "custom"))
+    cpu = as_float(node.get("cpu", 1), node.at("cpu"), 0.0, lo_open=True)
+    gpu = as_float(node.get("gpu", 0), node.at("gpu"), 0.0)
     if gpu > 1 and not gpu.is_integer():
-        _fail(node.at("gpu"), f"{gpu:g}: a share of one GPU must be <= 1; above 1, whole GPUs")
+        fail(node.at("gpu"), f"{gpu:g}: a share of one GPU must be <= 1; above 1, whole GPUs")
     custom = node.get("custom", {}) or {}
     if not isinstance(custom, dict):
-        _fail(node.at("custom"), f"expected a mapping resource -> amount, got {custom!r}")
+        fail(node.at("custom"), f"expected a mapping resource -> amount, got {custom!r}")
     for key, amount in custom.items():
         if not isinstance(key, str) or key.upper() in ("CPU", "GPU"):
-            _fail(f"resources.custom.{key}", "use resources.cpu / resources.gpu for CPU and GPU")
-        _float(amount, f"resources.custom.{key}", 0.0, lo_open=True)
+            fail(f"resources.custom.{key}", "use resources.cpu / resources.gpu for CPU and GPU")
+        as_float(amount, f"resources.custom.{key}", 0.0, lo_open=True)
     return {"cpu": cpu, "gpu": gpu, "custom": {k: float(v) for k, v in custom.items()}}
-
-
-def _search(raw: Any, epochs: int) -> dict:
-    node = _Node(raw, "search", ("mode", "num_samples", "metric", "goal", "space", "scheduler",
-                                 "seed"))
-    mode = _choice(node.get("mode", "grid"), node.at("mode"), SEARCH_MODES, "search mode")
-    if mode == "grid":
-        extra = sorted(set(node.value) - {"mode"})
-        if extra:
-            _fail(node.at(extra[0]), "only used with search.mode: random")
-        return {"mode": "grid"}
-    space_node = _Node(node.require("space"), node.at("space"), tuple(SEARCH_PARAMS))
-    if not space_node.value:
-        _fail(node.at("space"), f"expected at least one of {_show(SEARCH_PARAMS)}")
-    space = {}
-    for param, dist_raw in space_node.value.items():
-        path = space_node.at(param)
-        dist = _Node(dist_raw, path, SEARCH_PARAMS[param])
-        if len(dist.value) != 1:
-            _fail(path, f"expected exactly one distribution; allowed: "
-                  f"{_show(SEARCH_PARAMS[param])}")
-        (kind, args), = dist.value.items()
-        args = _list(args, dist.at(kind))
-        lo = 1 if param == "epochs" else 0.0
-        check = ((lambda v, p: _int(v, p, lo, 10_000)) if param == "epochs"
-                 else (lambda v, p: _float(v, p, lo, lo_open=(kind == "loguniform"))))
-        values = [check(v, f"{dist.at(kind)}[{i}]") for i, v in enumerate(args)]
-        if kind != "choice" and (len(values) != 2 or values[0] > values[1]):
-            _fail(dist.at(kind), f"expected [low, high] with low <= high, got {args!r}")
-        space[param] = {"kind": kind, "values": values}
-    sched_node = _Node(node.get("scheduler", {"name": "none"}), node.at("scheduler"),
-                       ("name", "metric", "goal", "grace_period", "reduction_factor"))
-    scheduler = {"name": _choice(sched_node.get("name", "none"), sched_node.at("name"),
-                                 SCHEDULERS, "scheduler")}
-    if scheduler["name"] == "asha":
-        scheduler.update(
-            metric=_choice(sched_node.get("metric", "train_loss"), sched_node.at("metric"),
-                           ("train_loss",), "per-epoch metric"),
-            goal=_choice(sched_node.get("goal", "min"), sched_node.at("goal"), ("min", "max"),
-                         "goal"),
-            grace_period=_int(sched_node.get("grace_period", 1), sched_node.at("grace_period"),
-                              1, epochs),
-            reduction_factor=_float(sched_node.get("reduction_factor", 2),
-                                    sched_node.at("reduction_factor"), 1.0, lo_open=True))
-    return {"mode": mode,
-            "num_samples": _int(node.get("num_samples", 4), node.at("num_samples"), 1),
-            "metric": _choice(node.require("metric"), node.at("metric"), FINAL_METRICS,
-                              "metric"),
-            "goal": _choice(node.get("goal", "max"), node.at("goal"), ("min", "max"), "goal"),
-            "space": space, "scheduler": scheduler,
-            "seed": _int(node.get("seed", 0), node.at("seed"), 0)}
 
 
 def describe(spec: SweepSpec) -> str:

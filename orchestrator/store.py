@@ -12,15 +12,21 @@ attempt wrote them.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 import torch
 
+from mtl.models import Layout
 from mtl.train import zoo
+from orchestrator.spec import (NUM_BLOCKS, OPTIMIZERS, Node, SweepSpec, adv_label, as_choice,
+                               as_float, as_int, as_list, check_train_config, fail, parse_adv,
+                               parse_layout)
 
 
 def _local_path(storage: str) -> str | None:
@@ -75,3 +81,52 @@ def next_attempt(storage: str, sweep: str, trial_id: str) -> int:
     with fs.open_output_stream(f"{directory}/{attempt:04d}-{uuid.uuid4().hex[:8]}"):
         pass
     return attempt
+
+
+TARGET_KEYS = ("layout", "seed", "adv_train", "rho", "optimizer", "epochs")
+
+
+def parse_targets(raw: Any, spec: SweepSpec) -> tuple[dict, ...]:
+    """`transfer.targets`: target model configs; a list value in an entry expands to the
+    product (``{layout: [1, 4], seed: [1, 2]}`` = four targets)."""
+    from orchestrator.trial import trial_train_config
+    if raw is None:
+        return ()
+    node = Node(raw, "transfer", ("targets",))
+    out: list[dict] = []
+    for i, entry in enumerate(as_list(node.get("targets", []), "transfer.targets", False)):
+        path = f"transfer.targets[{i}]"
+        e = Node(entry, path, TARGET_KEYS)
+        layouts = [parse_layout(x, f"{path}.layout", len(spec.tasks))
+                   for x in as_list(e.get("layout", NUM_BLOCKS), f"{path}.layout")]
+        seeds = [as_int(s, f"{path}.seed", 0) for s in as_list(e.get("seed", 0), f"{path}.seed")]
+        advs = [parse_adv(a, f"{path}.adv_train", spec.tasks)
+                for a in as_list(e.get("adv_train", "none"), f"{path}.adv_train")]
+        rhos = [as_float(r, f"{path}.rho", 0.0) for r in as_list(e.get("rho", 0.0), f"{path}.rho")]
+        opt = as_choice(e.get("optimizer", spec.optimizers[0]), f"{path}.optimizer", OPTIMIZERS,
+                        "optimizer")
+        epochs = as_int(e.get("epochs", spec.training["epochs"]), f"{path}.epochs", 1, 10_000)
+        for layout, seed, adv, rho in itertools.product(layouts, seeds, advs, rhos):
+            train = trial_train_config({**spec.training, "keep_epochs": [epochs]}, None,
+                                       epochs=epochs, optimizer=opt, rho=rho, seed=seed, adv=adv)
+            check_train_config(train, path)
+            config = model_config(spec.dataset, spec.tasks, spec.width, layout, train)
+            label = f"{_layout_label(layout)}-s{seed}-{adv_label(adv)}-rho{rho:g}-{opt}-e{epochs}"
+            if any(t["id"] == zoo.config_hash(config) for t in out):
+                fail(path, f"target {label} duplicates an earlier target")
+            out.append({"id": zoo.config_hash(config), "label": label, "config": config})
+    return tuple(out)
+
+
+def _layout_label(layout: str) -> str:
+    k = Layout.parse(layout).branch_point_of()
+    return f"bp{k}" if k is not None else layout
+
+
+def model_config(dataset: Mapping, tasks: Sequence[str], width: int, layout: str,
+                 train: Mapping) -> dict:
+    """The full training config of one model: what the model store hashes and trains from
+    (validation/test sizes do not change the model, so they are left out)."""
+    return {"dataset": {k: v for k, v in dataset.items() if k not in ("val", "test")},
+            "model": {"layout": layout, "tasks": list(tasks), "width": width},
+            "train": dict(train)}

@@ -19,10 +19,67 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import SpecError, SweepSpec, parse_spec
+from orchestrator.spec import (FINAL_METRICS, Node, SpecError, SweepSpec, as_choice, as_float,
+                               as_int, as_list, fail, show)
 from orchestrator.store import model_store_dir
 
 SPEC_FILE = "sweep.json"
+SEARCH_MODES = ("grid", "random")
+SEARCH_PARAMS = {"rho": ("uniform", "loguniform", "choice"), "epochs": ("randint", "choice")}
+SCHEDULERS = ("none", "asha")
+
+
+def parse_search(raw: Any, epochs: int) -> dict:
+    """The `search` section: `grid` (default), or `random` sampling of rho / epochs with
+    Tune's BasicVariantGenerator (optionally ASHA), scored by a final trial metric."""
+    node = Node(raw, "search", ("mode", "num_samples", "metric", "goal", "space", "scheduler",
+                                 "seed"))
+    mode = as_choice(node.get("mode", "grid"), node.at("mode"), SEARCH_MODES, "search mode")
+    if mode == "grid":
+        extra = sorted(set(node.value) - {"mode"})
+        if extra:
+            fail(node.at(extra[0]), "only used with search.mode: random")
+        return {"mode": "grid"}
+    space_node = Node(node.require("space"), node.at("space"), tuple(SEARCH_PARAMS))
+    if not space_node.value:
+        fail(node.at("space"), f"expected at least one of {show(SEARCH_PARAMS)}")
+    space = {}
+    for param, dist_raw in space_node.value.items():
+        path = space_node.at(param)
+        dist = Node(dist_raw, path, SEARCH_PARAMS[param])
+        if len(dist.value) != 1:
+            fail(path, f"expected exactly one distribution; allowed: "
+                 f"{show(SEARCH_PARAMS[param])}")
+        (kind, args), = dist.value.items()
+        args = as_list(args, dist.at(kind))
+        lo = 1 if param == "epochs" else 0.0
+        check = ((lambda v, p: as_int(v, p, lo, 10_000)) if param == "epochs"
+                 else (lambda v, p: as_float(v, p, lo, lo_open=(kind == "loguniform"))))
+        values = [check(v, f"{dist.at(kind)}[{i}]") for i, v in enumerate(args)]
+        if kind != "choice" and (len(values) != 2 or values[0] > values[1]):
+            fail(dist.at(kind), f"expected [low, high] with low <= high, got {args!r}")
+        space[param] = {"kind": kind, "values": values}
+    sched_node = Node(node.get("scheduler", {"name": "none"}), node.at("scheduler"),
+                       ("name", "metric", "goal", "grace_period", "reduction_factor"))
+    scheduler = {"name": as_choice(sched_node.get("name", "none"), sched_node.at("name"),
+                                   SCHEDULERS, "scheduler")}
+    if scheduler["name"] == "asha":
+        scheduler.update(
+            metric=as_choice(sched_node.get("metric", "train_loss"), sched_node.at("metric"),
+                             ("train_loss",), "per-epoch metric"),
+            goal=as_choice(sched_node.get("goal", "min"), sched_node.at("goal"), ("min", "max"),
+                           "goal"),
+            grace_period=as_int(sched_node.get("grace_period", 1), sched_node.at("grace_period"),
+                                1, epochs),
+            reduction_factor=as_float(sched_node.get("reduction_factor", 2),
+                                      sched_node.at("reduction_factor"), 1.0, lo_open=True))
+    return {"mode": mode,
+            "num_samples": as_int(node.get("num_samples", 4), node.at("num_samples"), 1),
+            "metric": as_choice(node.require("metric"), node.at("metric"), FINAL_METRICS,
+                                "metric"),
+            "goal": as_choice(node.get("goal", "max"), node.at("goal"), ("min", "max"), "goal"),
+            "space": space, "scheduler": scheduler,
+            "seed": as_int(node.get("seed", 0), node.at("seed"), 0)}
 
 
 @dataclass

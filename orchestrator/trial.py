@@ -27,7 +27,7 @@ from mtl.models import Layout
 from mtl.train.zoo import (HISTORY, checkpoint_paths, config_hash, dataset_from_config,
                            model_from_config)
 from orchestrator import store
-from orchestrator.spec import adv_label, trial_train_config
+from orchestrator.spec import adv_label
 
 if TYPE_CHECKING:
     from orchestrator.spec import SweepSpec
@@ -37,6 +37,19 @@ STATE_FILE = "train_state.pt"
 
 # Epoch-record keys that are columns of the epochs table (or not measurements at all).
 _EPOCH_COLUMNS = ("epoch", "lr", "lr_decayed", "kept", "time_s")
+
+
+def trial_train_config(training: Mapping, sharpness: dict | None, *, epochs: int,
+                       optimizer: str, rho: float, seed: int, adv: dict | None) -> dict:
+    """The TrainConfig dict of one trial: the sweep's `training` section with the axis values.
+    A searched `epochs` keeps the kept epochs that fit and always the last one."""
+    keep = list(training["keep_epochs"])
+    if epochs != training["epochs"]:
+        keep = sorted({k for k in keep if k <= epochs} | {epochs})
+    return {**training, "epochs": epochs, "keep_epochs": keep,
+            "milestones": [m for m in training["milestones"] if m <= epochs],
+            "optimizer": optimizer, "rho": float(rho), "seed": int(seed), "adv": adv,
+            "sharpness": sharpness}
 
 
 def sweep_base(spec: "SweepSpec") -> dict:
@@ -78,11 +91,8 @@ def resolve_trial(config: Mapping[str, Any]) -> dict:
              "cross_task": base["cross_task"], "targets": base["targets"],
              "resources": base["resources"], "reuse_surrogates": base["reuse_surrogates"],
              "search": base["search"],
-             "model_config": {"dataset": {k: v for k, v in base["dataset"].items()
-                                          if k not in ("val", "test")},
-                              "model": {"layout": layout, "tasks": base["tasks"],
-                                        "width": base["width"]},
-                              "train": train}}
+             "model_config": store.model_config(base["dataset"], base["tasks"], base["width"],
+                                                layout, train)}
     bp = trial["branch_point"]
     trial["trial_id"] = (f"{'bp' + str(bp) if bp is not None else 'L'}-"
                          f"{trial['adv_train'].split('-')[0]}-rho{trial['rho']:g}-"
