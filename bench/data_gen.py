@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.images < 1:
         raise ValueError(f"images: must be >= 1, got {args.images}")
     torch.set_num_threads(1)
-    chunk = max(1, (1 << 19) // (args.size * args.size))
+    chunk = max(1, render_mod.CHUNK_RAYS // (args.size * args.size))
     _render_range((0, min(chunk, args.images), args.size, chunk))        # warm-up
     if args.workers == 1:
         wall = time.perf_counter()

@@ -162,8 +162,9 @@ class SyntheticScenes(Dataset):
             meta = json.loads((path / "meta.json").read_text())
             if meta.get("key") != self._cache_key(length):
                 return None
+            # plain ndarray views of the maps: indexing a np.memmap runs slow Python hooks
             arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r", allow_pickle=False)
-                      for k in _STORED}
+                      .view(np.ndarray) for k in _STORED}
         except (OSError, ValueError):
             return None
         shapes = self._shapes(length)
@@ -218,13 +219,15 @@ class SyntheticScenes(Dataset):
         shapes = self._shapes(self.length)
         files = {k: np.lib.format.open_memmap(out_dir / f"{k}.npy", mode="w+", dtype=_STORED[k],
                                               shape=shapes[k]) for k in _STORED}
-        chunk = max(1, (1 << 19) // (self.size * self.size))
+        chunk = max(1, _render.CHUNK_RAYS // (self.size * self.size))   # one render chunk
         start = last = time.perf_counter()
         shown = False
         for lo in range(0, self.length, chunk):
             hi = min(self.length, lo + chunk)
             out = _render.render(scene_params(self.split, np.arange(lo, hi), self.seed), self.size)
-            for k, arr in _to_storage(out).items():
+            with _render.one_thread():     # tiny tensors: intra-op threads only spin-wait
+                stored = _to_storage(out)
+            for k, arr in stored.items():
                 files[k][lo:hi] = arr
             now = time.perf_counter()
             if now - start > _PROGRESS_AFTER_S and (now - last > 0.5 or hi == self.length):
@@ -274,13 +277,9 @@ class SyntheticScenes(Dataset):
 
 
 def _to_storage(out: dict[str, Tensor]) -> dict[str, np.ndarray]:
-    """Renderer output -> the compact on-disk dtypes."""
-    return {
-        "image": (out["image"] * 255.0).round_().numpy().astype(np.uint8),
-        "segment_semantic": out["segment_semantic"].numpy().astype(np.uint8),
-        "depth_zbuffer": out["depth_zbuffer"].numpy().astype(np.float16),
-        "normal": out["normal"].numpy().astype(np.float16),
-        "edge_texture": out["edge_texture"].numpy().astype(np.float16),
-        "keypoints2d": out["keypoints2d"].numpy().astype(np.float16),
-        "scene_class": out["scene_class"].numpy().astype(np.uint8),
-    }
+    """Renderer output -> the compact on-disk dtypes (image rounded half up to uint8)."""
+    half = {k: out[k].half().numpy()
+            for k in ("depth_zbuffer", "normal", "edge_texture", "keypoints2d")}
+    return {"image": out["image"].mul(255.0).add_(0.5).to(torch.uint8).numpy(),
+            "segment_semantic": out["segment_semantic"].to(torch.uint8).numpy(),
+            "scene_class": out["scene_class"].to(torch.uint8).numpy(), **half}
