@@ -217,7 +217,8 @@ def _room(rot: Tensor, cam: Tensor, room: Tensor, ux: Tensor, uy: Tensor
     ts = []
     for i in range(3):                       # inside the box one slab distance is < 0
         inv = 1.0 / dw[i]
-        ts.append(torch.maximum(inv * -cam[:, i:i + 1], inv * (room[:, i:i + 1] - cam[:, i:i + 1])))
+        o = cam[:, i:i + 1]
+        ts.append(torch.maximum(inv * -o, inv * (room[:, i:i + 1] - o)))
     txy = torch.minimum(ts[0], ts[1])
     t = torch.minimum(txy, ts[2])
     on_z = ts[2] <= txy
@@ -277,6 +278,7 @@ def _object_surfaces(packed: Tensor, pp: Tensor, on_cap: Tensor, t: Tensor, ux: 
 
 
 def _render_chunk(s: geo.SceneParams, size: int, debug: bool) -> dict:
+    """Render one chunk of scenes (see `render`): geometry, then labels, then shading."""
     B, K, P, S = s.batch, geo.MAX_OBJECTS, size * size, geo.NUM_SURFACES
     ux, uy = _pixel_dirs(size)
     rot, cam = _t32(s.cam_rot), _t32(s.cam_pos)
@@ -287,8 +289,8 @@ def _render_chunk(s: geo.SceneParams, size: int, debug: bool) -> dict:
     is_obj = t_obj < t_room
     depth = torch.minimum(t_obj, t_room)
     # texture coordinates: world hit point for the room, object frame (metres) for objects
-    coord = torch.stack([torch.addcmul(cam[:, i:i + 1], depth.view(B, P), dw[i]) for i in range(3)])
-    coord = coord.reshape(3, -1)
+    coord = torch.stack([torch.addcmul(cam[:, i:i + 1], depth.view(B, P), dw[i])
+                         for i in range(3)]).reshape(3, -1)
     oi_np = np.flatnonzero(is_obj.numpy())
     oi = torch.from_numpy(oi_np)
     code_o = code[oi]
