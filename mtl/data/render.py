@@ -38,7 +38,7 @@ from torch import Tensor
 
 from mtl.data import scene_geometry as geo
 
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 _EPS_T = 1e-4      # minimum ray parameter of a hit
 CHUNK_RAYS = 1 << 17     # rays per internal chunk: small temporaries are much faster
 
