@@ -1,0 +1,119 @@
+"""Cost of one attack step: DGBA (one backward) vs TOTAL, and the T-backward reference vs ours.
+
+Same model and batch, measured side by side in one run: warm-up, then interleaved repeats
+(rotating order) and the median per variant. Reported per number of tasks T (3 and 5):
+
+* dgba_over_total: time of a DGBA direction / a TOTAL direction (goal <= 1.05);
+* reference_over_dgba: T-backward reference / our one-backward DGBA direction;
+* step_dgba_over_total: the same ratio for whole PGD steps (direction + LP step + projection).
+
+    PYTHONPATH=. python bench/attack_cost.py [--size 32] [--batch 32] [--repeats 15]
+
+The LAST line of output is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from mtl.attacks import attack
+from mtl.attacks.dgba import dgba_direction, dgba_direction_reference
+from mtl.attacks.objectives import AttackContext, total_direction
+from mtl.models import Layout, build_model
+
+TASK_SETS = {3: ["segment_semantic", "depth_zbuffer", "normal"],
+             5: ["segment_semantic", "depth_zbuffer", "normal", "edge_texture", "keypoints2d"]}
+SEG_CLASSES = 8
+
+
+def make_batch(tasks: list[str], batch: int, size: int) -> dict[str, torch.Tensor]:
+    """Random labels with the shapes of the batch contract (timings do not depend on values)."""
+    g = torch.Generator().manual_seed(0)
+    out = {"image": torch.rand(batch, 3, size, size, generator=g)}
+    shapes = {"depth_zbuffer": 1, "edge_texture": 1, "keypoints2d": 1}
+    for t in tasks:
+        if t == "segment_semantic":
+            out[t] = torch.randint(0, SEG_CLASSES, (batch, size, size), generator=g)
+        elif t == "normal":
+            out[t] = torch.nn.functional.normalize(torch.randn(batch, 3, size, size, generator=g),
+                                                   dim=1)
+        else:
+            out[t] = torch.rand(batch, shapes[t], size, size, generator=g)
+    return out
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
+            ) -> dict[str, float]:
+    """Median seconds per variant, interleaved with a rotating order."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            samples[name].append(timed(variants[name]))
+    return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def bench_tasks(T: int, args: argparse.Namespace) -> dict[str, float]:
+    tasks = TASK_SETS[T]
+    torch.manual_seed(0)
+    model = build_model(Layout.branch_point(2, T), tasks, {"segment_semantic": SEG_CLASSES},
+                        width=args.width).eval()
+    batch = make_batch(tasks, args.batch, args.size)
+    x = batch["image"]
+    ctx = AttackContext(model, batch, tuple(tasks), x, 8 / 255).prepare()
+    steps = 3
+    times = measure({
+        "total": lambda: total_direction(ctx, x),
+        "dgba": lambda: dgba_direction(ctx, x),
+        "reference": lambda: dgba_direction_reference(model, x, batch, tasks),
+        "pgd_total": lambda: attack(model, batch, method="pgd", objective="total", eps=8,
+                                    steps=steps),
+        "pgd_dgba": lambda: attack(model, batch, method="pgd", objective="dgba", eps=8,
+                                   steps=steps),
+    }, args.repeats)
+    return {"tasks": T,
+            "total_ms": 1e3 * times["total"], "dgba_ms": 1e3 * times["dgba"],
+            "reference_ms": 1e3 * times["reference"],
+            "dgba_over_total": times["dgba"] / times["total"],
+            "reference_over_dgba": times["reference"] / times["dgba"],
+            "step_dgba_over_total": times["pgd_dgba"] / times["pgd_total"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    for T in TASK_SETS:
+        r = bench_tasks(T, args)
+        results[f"T{T}"] = r
+        print(f"T={T}: total {r['total_ms']:.1f} ms  dgba {r['dgba_ms']:.1f} ms  "
+              f"reference {r['reference_ms']:.1f} ms  | dgba/total {r['dgba_over_total']:.3f}  "
+              f"reference/dgba {r['reference_over_dgba']:.2f}  "
+              f"pgd step dgba/total {r['step_dgba_over_total']:.3f}")
+    print(json.dumps({"bench": "attack_cost", "size": args.size, "batch": args.batch,
+                      "width": args.width, "threads": args.threads, "goal_dgba_over_total": 1.05,
+                      **results}))
+
+
+if __name__ == "__main__":
+    main()
