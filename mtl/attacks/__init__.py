@@ -59,7 +59,7 @@ def attack(model: nn.Module, batch: Mapping[str, Tensor], *, method: str, object
     model.eval()
     try:
         with torch.enable_grad():
-            ctx = AttackContext(model, moved, tasks, moved["image"].detach().float(),
+            ctx = AttackContext(model, moved, tasks, moved["image"].detach(),
                                 float(eps) / 255.0, {**obj.options, **obj_options}).prepare()
             adv = runner(ctx)
     finally:
