@@ -151,3 +151,22 @@ def test_zero_loss_and_no_valid_pixels_give_finite_directions():
     for objective in ("dgba", "minmax", "signsum", "total", "single:segment_semantic"):
         adv = attack(model, batch, method="pgd", objective=objective, eps=8, steps=2)
         assert bool(torch.isfinite(adv).all()), objective
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), T=st.integers(1, 5), n=st.integers(1, 30),
+       zero_loss=st.booleans())
+def test_dgba_step_dominates_on_random_linearisations(seed, T, n, zero_loss):
+    g = torch.Generator().manual_seed(seed)
+    grads = torch.randn(T, n, generator=g, dtype=torch.float64)
+    grads[:, : n // 4] = 0.0  # ties: coordinates no task cares about
+    losses = torch.rand(T, generator=g, dtype=torch.float64) * 3
+    if zero_loss:
+        losses[0] = 0.0
+    x0 = torch.rand(n, generator=g, dtype=torch.float64)
+    lo, hi = (x0 - 0.05).clamp(0, 1) - x0, (x0 + 0.05).clamp(0, 1) - x0
+    keep = (losses >= LOSS_FLOOR).to(grads.dtype)
+    c_dgba = (grads * (keep / losses.clamp_min(LOSS_FLOOR))[:, None]).sum(0)
+    best = float(c_dgba @ solve_box_lp(c_dgba, lo, hi))
+    for c in [grads.sum(0), grads.sign().sum(0), *grads]:
+        assert best >= float(c_dgba @ solve_box_lp(c, lo, hi)) - 1e-9 * max(1.0, abs(best))
