@@ -60,7 +60,9 @@ def attack(model: nn.Module, batch: Mapping[str, Tensor], *, method: str, object
     try:
         with torch.enable_grad():
             ctx = AttackContext(model, moved, tasks, moved["image"].detach(),
-                                float(eps) / 255.0, {**obj.options, **obj_options}).prepare()
+                                float(eps) / 255.0, {**obj.options, **obj_options})
+            if obj.needs_clean:
+                ctx.prepare()  # one clean forward for the relative-change objectives
             adv = runner(ctx)
     finally:
         for module, mode in modes.items():

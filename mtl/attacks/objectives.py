@@ -128,6 +128,7 @@ class Objective:
     value: ValueFn
     options: Mapping[str, Any] = field(default_factory=dict)  # option name -> default
     backward_passes: str = "1"
+    needs_clean: bool = True  # whether direction/value use the clean losses
 
     def evaluate(self, ctx: AttackContext, x: Tensor) -> Tensor:
         """Per-sample objective value at `x` (forward only)."""

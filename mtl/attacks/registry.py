@@ -21,8 +21,10 @@ from mtl.attacks.objectives import (Objective, mean_relative_change, relative_ch
 from mtl.attacks.pgd import PGD
 
 OBJECTIVES: dict[str, Objective] = {
-    "single": Objective("single", single_direction, lambda losses, clean: losses[0]),
-    "total": Objective("total", total_direction, lambda losses, clean: losses.sum(0)),
+    "single": Objective("single", single_direction, lambda losses, clean: losses[0],
+                        needs_clean=False),
+    "total": Objective("total", total_direction, lambda losses, clean: losses.sum(0),
+                       needs_clean=False),
     "signsum": Objective("signsum", signsum_direction, mean_relative_change, backward_passes="T"),
     "dgba": Objective("dgba", dgba_direction, mean_relative_change,
                       options={"denominator": "current"}),
