@@ -94,10 +94,13 @@ def resolve_trial(config: Mapping[str, Any]) -> dict:
              "model_config": store.model_config(base["dataset"], base["tasks"], base["width"],
                                                 layout, train)}
     bp = trial["branch_point"]
+    # How a trial runs (resources, reusing a stored surrogate) does not change its results,
+    # so it does not change its id either.
+    decisive = {k: v for k, v in trial.items() if k not in ("resources", "reuse_surrogates")}
     trial["trial_id"] = (f"{'bp' + str(bp) if bp is not None else 'L'}-"
                          f"{trial['adv_train'].split('-')[0]}-rho{trial['rho']:g}-"
                          f"{trial['optimizer']}-s{trial['seed']}-e{train['epochs']}-"
-                         f"{config_hash(trial)[:8]}")
+                         f"{config_hash(decisive)[:8]}")
     return trial
 
 
@@ -197,7 +200,6 @@ def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: t
                        checkpoint_dir=str(ckpt_dir), callback=callback, resume_state=resume,
                        progress=progress, device=device)
         history = result.history
-    history = [{k: v for k, v in rec.items()} for rec in history]
     (ckpt_dir / HISTORY).write_text(json.dumps(history))
     if trial["reuse_surrogates"]:
         store.publish_surrogate(trial["model_config"], str(ckpt_dir), store_dir)
@@ -228,11 +230,10 @@ def _evaluate(trial: Mapping, test_set: Any, ckpt_dir: Path, store_dir: str,
     surrogate_id = config_hash(trial["model_config"])
     rows: list[dict] = []
 
-    def add(kind: str, epoch: int, new: list[dict], target: str | None = None) -> None:
-        for row in new:
-            rows.append({"epoch": epoch, "kind": kind, "surrogate_id": surrogate_id,
-                         "target_id": row.get("target_id", target),
-                         **{k: v for k, v in row.items() if k != "target_id"}})
+    def add(kind: str, epoch: int, new: list[dict]) -> None:
+        # target_id: the transfer target's label; null for rows measured on the surrogate
+        rows.extend({"epoch": epoch, "kind": kind, "surrogate_id": surrogate_id,
+                     "target_id": None, **row} for row in new)
 
     for epoch, path in sorted(checkpoint_paths(ckpt_dir).items()):
         model, _ = load_checkpoint(str(path), device=device)

@@ -219,3 +219,30 @@ def test_cli_rejects_a_bad_sweep_before_starting_ray(tmp_path, capsys):
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()
     assert not (tmp_path / "runs").exists()
+
+
+def test_search_spec_builds_tunes_search_and_asha():
+    """A random search turns the searched parameters into Tune distributions, the generator
+    carries the concurrency limit and ASHA prunes on the per-epoch train loss."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from orchestrator.sweep import _tuner_parts, param_space
+    raw = with_("search", {"mode": "random", "num_samples": 6, "metric": "transfer_success",
+                           "space": {"rho": {"loguniform": [0.01, 2.0]},
+                                     "epochs": {"randint": [2, 3]}},
+                           "scheduler": {"name": "asha", "grace_period": 2}})
+    raw["max_concurrent"] = 3
+    spec = parse_spec(raw, name="t", storage="/tmp/x")
+    space = param_space(spec, "/tmp/x", "/tmp/x/models")
+    assert isinstance(space["rho"], tune.search.sample.Float)
+    assert space["epochs"].lower == 2 and space["epochs"].upper == 4  # inclusive high
+    assert space["layout"] == tune.grid_search(list(spec.layouts))
+    _, tune_config, run_config = _tuner_parts(spec)
+    assert tune_config.num_samples == 6 and tune_config.max_concurrent_trials is None
+    assert isinstance(tune_config.search_alg, BasicVariantGenerator)
+    assert tune_config.search_alg.max_concurrent == 3
+    asha = tune_config.scheduler
+    assert isinstance(asha, ASHAScheduler) and asha.metric == "train_loss"
+    assert asha._max_t == 4  # the longest trial's epochs + its final evaluation report
+    assert run_config.failure_config.max_failures == spec.max_failures

@@ -154,3 +154,39 @@ def test_model_store_dir_needs_a_filesystem(tmp_path):
 def test_attempts_are_counted_per_trial(tmp_path):
     assert [store.next_attempt(str(tmp_path), "sw", "t1") for _ in range(3)] == [1, 2, 3]
     assert store.next_attempt(str(tmp_path), "sw", "t2") == 1
+
+
+def test_a_trial_reuses_a_surrogate_an_earlier_sweep_trained(tmp_path, monkeypatch):
+    """store.reuse_surrogates: same training config, different attacks -> no training, the
+    earlier checkpoints and epoch records are reused."""
+    import mtl.train
+    from orchestrator.results import read_results
+    from orchestrator.spec import parse_spec
+    from orchestrator.trial import execute_trial, trial_configs
+
+    def raw(eps: float) -> dict:
+        return {"dataset": {"name": "scenes", "size": 16, "train": 16, "val": 8, "test": 8},
+                "tasks": ["depth_zbuffer", "scene_class"], "model": {"width": 4},
+                "layouts": [3], "training": {"epochs": 2, "keep_epochs": [1, 2],
+                                             "batch_size": 8},
+                "attacks": {"methods": ["fgsm"], "objectives": ["dgba"], "eps": [eps]},
+                "store": {"reuse_surrogates": True}}
+
+    storage, models = str(tmp_path), str(tmp_path / "models")
+    first = trial_configs(parse_spec(raw(4), name="first"))[0]
+    execute_trial(first, storage=storage, store_dir=models)
+    assert store.find_surrogate(first["model_config"], models) is not None
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the surrogate should have come from the store")
+
+    monkeypatch.setattr(mtl.train, "train", no_training)
+    second = trial_configs(parse_spec(raw(8), name="second"))[0]
+    assert second["model_config"] == first["model_config"]
+    assert second["trial_id"] != first["trial_id"]
+    execute_trial(second, storage=storage, store_dir=models)
+    rows = read_results(tmp_path / "second").collect()
+    assert set(rows["eps"].to_list()) == {0.0, 8.0} and set(rows["epoch"]) == {1, 2}
+    epochs = [read_results(tmp_path / name, "epochs").collect().drop("trial_id", "attempt")
+              .sort("epoch", "quantity") for name in ("first", "second")]
+    assert epochs[0].drop("sweep").equals(epochs[1].drop("sweep"))

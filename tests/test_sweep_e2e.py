@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+import yaml
 
 from mtl.tasks import get_task
+from orchestrator.cli import main
 from orchestrator.results import read_results
-from orchestrator.spec import parse_spec
+from orchestrator.spec import load_spec, parse_spec
 from orchestrator.sweep import run_sweep
 from orchestrator.trial import trial_configs
 
@@ -62,11 +64,18 @@ def local_ray():
     ray.shutdown()
 
 
-def test_grid_sweep_rows_match_the_spec(local_ray, tmp_path):
-    spec = parse_spec(tiny_sweep(), name="e2e")
-    outcome = run_sweep(spec, storage=str(tmp_path))
-    assert (outcome.trials, outcome.errored) == (4, 0)
-    frame = read_results(outcome.experiment_dir).collect()
+def test_grid_sweep_rows_match_the_spec(local_ray, tmp_path, capsys):
+    """Through `mtlsweep demo --sweep`: the sweep, then the analysis and its report."""
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(tiny_sweep()))
+    assert main(["demo", "--storage", str(tmp_path), "--sweep", str(path)]) == 0
+    out = capsys.readouterr().out
+    experiment = tmp_path / "e2e"
+    assert "4 trials, 0 failed" in out and f"results: {experiment}/results" in out
+    assert f"report:  {experiment}/analysis/report.md" in out
+    assert "dgba" in (experiment / "analysis" / "report.md").read_text()
+    spec = load_spec(path)
+    frame = read_results(experiment).collect()
     trials = trial_configs(spec)
     keep = spec.training["keep_epochs"]
     assert frame.height == len(trials) * len(keep) * expected_rows_per_epoch(spec)
@@ -101,13 +110,13 @@ def test_grid_sweep_rows_match_the_spec(local_ray, tmp_path):
     finite_delta = white.filter(pl.col("task") == "mean")["rel_change"]
     assert finite_delta.null_count() == 0 and finite_delta.is_finite().all()
 
-    epochs = read_results(outcome.experiment_dir, "epochs").collect()
+    epochs = read_results(experiment, "epochs").collect()
     quantities = set(epochs["quantity"])
     assert {"train_loss", "val/scene_class/accuracy", "lambda_max", "sam_sharpness"} <= quantities
     assert epochs.select("trial_id", "epoch").unique().height == len(trials) * 2
     assert set(epochs.filter(pl.col("kept"))["epoch"]) == set(keep)
     assert epochs.filter(pl.col("epoch") == 2)["lr_decayed"].all()
-    timings = read_results(outcome.experiment_dir, "timings").collect()
+    timings = read_results(experiment, "timings").collect()
     assert {"train", "eval_whitebox", "eval_transfer", "total"} <= set(timings["phase"])
     # the transfer target was trained once into the store and reused by every trial
     models = list((tmp_path / "models").glob("*/COMPLETE"))

@@ -14,7 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Run the demo sweep (every axis at toy scale) with a local Ray, then write "
                     "report.md and plots and print the summary table.")
     parser.add_argument("--storage", default="runs", help="results root (default: ./runs)")
-    parser.add_argument("--sweep", default=str(DEMO_SWEEP), help=argparse.SUPPRESS)
+    parser.add_argument("--sweep", default=str(DEMO_SWEEP), metavar="SWEEP.yaml",
+                        help="run this sweep instead of sweeps/demo.yaml")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     parser.set_defaults(func=run)
 
