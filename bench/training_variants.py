@@ -1,20 +1,17 @@
 """Training variants (issue 4), measured side by side in one run on the embedded scenes:
 
-(a) robustness: a clean SGD model vs DGBA-adversarially-trained vs TOTAL-adversarially-trained
-    ones, attacked white-box with PGD-DGBA and PGD-TOTAL at each eps (clean metrics, Δ per task
-    and mean, LibMTL-style relative change: negative = the attack hurt);
-(b) sharpness (Hessian λ_max, Hutchinson trace, SAM-sharpness on a fixed training subset) of the
-    SGD, SAM (ρ = 0.05) and RFN (large ρ) surrogates at every kept early-stopping epoch;
-(c) transfer from each of those checkpoints to a zoo of independently trained targets
-    (other seeds, one other sharing layout): RFN success rate on scene_class (share of the
-    examples every target classifies correctly that the target misclassifies after the attack)
-    and Δ over all tasks.
+(a) a clean SGD model vs DGBA- and TOTAL-adversarially-trained ones under white-box PGD-DGBA /
+    PGD-TOTAL at each eps: clean metrics, Δ per task and mean (negative = the attack hurt);
+(b) Hessian λ_max, trace and SAM-sharpness (fixed training subset) of the SGD, SAM (ρ 0.05) and
+    RFN (large ρ) surrogates at every kept early-stopping epoch;
+(c) transfer from each of those checkpoints to independently trained targets (other seeds, one
+    other layout): RFN success rate on scene_class (share of the examples every target gets
+    right that the target gets wrong after the attack) and Δ over all tasks.
 
-Models are trained (or reused) through the model store `mtl.train.zoo.ensure_models`; attacks
-and rows come from `mtl.attacks` / `mtl.evaluate`. Evaluation uses a fixed subset of the test
-split, never seen in training or in choosing settings. Adversarial training uses a few PGD steps
-(default 3, alternating clean/adversarial batches) to stay affordable on a CPU.
-Progress goes to stderr, readable tables to stdout; the LAST line is one JSON object.
+Models come from the model store (`mtl.train.zoo.ensure_models`), attacks and rows from
+`mtl.attacks` / `mtl.evaluate`; evaluation uses a fixed subset of the test split. Adversarial
+training uses few PGD steps (default 3, alternating clean/adversarial batches) to stay cheap.
+Progress goes to stderr, tables to stdout; the LAST line is one JSON object.
 
     PYTHONPATH=. python bench/training_variants.py [--quick] [--out FILE] [--store DIR]
 """
@@ -45,7 +42,7 @@ class Settings:
     """Everything the measurement depends on (printed and stored in the JSON)."""
 
     size: int = 32
-    train_len: int = 512
+    train_len: int = 1024
     eval_len: int = 256
     data_seed: int = 0
     width: int = 8
@@ -66,7 +63,7 @@ class Settings:
     eps: tuple[float, ...] = (4.0, 8.0)
     attack_steps: int = 10
     transfer_eps: float = 8.0
-    transfer_objectives: tuple[str, ...] = ("dgba",)
+    transfer_objectives: tuple[str, ...] = ("dgba", "single:scene_class")
     target_layouts: tuple[int, ...] = (3, 3, 4)
     target_seeds: tuple[int, ...] = (100, 101, 102)
     sharp_samples: int = 64
@@ -97,14 +94,17 @@ class Settings:
             if any(not isinstance(v, int) or not 0 <= v <= NUM_BLOCKS for v in vals):
                 raise ValueError(f"{name}: branch points must be ints in [0, {NUM_BLOCKS}], "
                                  f"got {vals!r}")
-        if not self.target_seeds or len(self.target_seeds) != len(self.target_layouts):
-            raise ValueError(f"target_seeds: need one seed per target layout (>= 1 target), got "
+        if not self.target_seeds or len(self.target_seeds) != len(self.target_layouts) \
+                or len(set(self.target_seeds)) != len(self.target_seeds):
+            raise ValueError(f"target_seeds: need one distinct seed per target layout, got "
                              f"{self.target_seeds!r} for layouts {self.target_layouts!r}")
         if self.seed in self.target_seeds:
             raise ValueError(f"target_seeds: must differ from the surrogate seed {self.seed}, "
                              f"got {self.target_seeds!r}")
-        if not self.rfn_rhos or any(r <= 0 for r in (self.sam_rho, *self.rfn_rhos)):
-            raise ValueError(f"rfn_rhos / sam_rho: need numbers > 0, got sam_rho={self.sam_rho}"
+        if not self.rfn_rhos or any(r <= 0 for r in (self.sam_rho, *self.rfn_rhos)) \
+                or len(set(self.rfn_rhos)) != len(self.rfn_rhos):
+            raise ValueError(f"rfn_rhos / sam_rho: need distinct numbers > 0, got sam_rho="
+                             f"{self.sam_rho}"
                              f", rfn_rhos={self.rfn_rhos!r}")
         if not self.eps or any(not 0 < e <= 255 for e in (*self.eps, self.transfer_eps)):
             raise ValueError(f"eps / transfer_eps: need numbers in (0, 255] (1/255 units), "
@@ -159,14 +159,8 @@ def all_model_configs(s: Settings) -> dict[str, tuple[str, dict]]:
 
 
 def _finite(x: Any) -> Any:
-    """JSON-safe copy: NaN / inf become None."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+    """JSON-safe copy (str keys; NaN / inf become None)."""
+    return json.loads(json.dumps(x), parse_constant=lambda _: None)
 
 
 def spearman(xs: list[float | None], ys: list[float | None]) -> float | None:
@@ -177,17 +171,10 @@ def spearman(xs: list[float | None], ys: list[float | None]) -> float | None:
         return None
 
     def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
+        where: dict[float, list[int]] = {}
+        for i, x in enumerate(sorted(v)):
+            where.setdefault(x, []).append(i)
+        return [sum(where[x]) / len(where[x]) for x in v]
 
     rx, ry = ranks([p[0] for p in pairs]), ranks([p[1] for p in pairs])
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
@@ -201,13 +188,6 @@ def _mean(values: list[Any]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _delta_summary(rows: list[dict]) -> dict:
-    per_task = {r["task"]: r["rel_change"] for r in rows
-                if r["metric"] == "delta" and r["task"] != "mean"}
-    mean = next(r["rel_change"] for r in rows if r["metric"] == "delta" and r["task"] == "mean")
-    return {"delta": per_task, "mean": mean}
-
-
 def measure_robustness(models: dict, loader: Any, s: Settings, log: Callable) -> dict:
     """(a): white-box PGD-DGBA / PGD-TOTAL at each eps on the clean and AT models."""
     from mtl.attacks import AttackSpec
@@ -217,16 +197,35 @@ def measure_robustness(models: dict, loader: Any, s: Settings, log: Callable) ->
     for name in ("sgd", *(f"at_{o}" for o in AT_OBJECTIVES)):
         log(f"(a) white-box attacks on {name}")
         rows = evaluate_attacks(models[name], loader, specs)
-        first = [r for r in rows if r["objective"] == specs[0].objective
-                 and r["eps"] == specs[0].eps and r["metric"] != "delta"]
         clean: dict[str, dict[str, float]] = {}
-        for r in first:
-            clean.setdefault(r["task"], {})[r["metric"]] = r["clean"]
-        attacks = {f"pgd-{sp.objective}-eps{sp.eps:g}": _delta_summary(
-            [r for r in rows if r["objective"] == sp.objective and r["eps"] == sp.eps])
-            for sp in specs}
+        for r in rows:
+            if r["metric"] != "delta":
+                clean.setdefault(r["task"], {})[r["metric"]] = r["clean"]  # same for every spec
+        attacks = {}
+        for sp in specs:
+            mine = [r for r in rows if r["objective"] == sp.objective and r["eps"] == sp.eps
+                    and r["metric"] == "delta"]
+            attacks[f"pgd-{sp.objective}-eps{sp.eps:g}"] = {
+                "delta": {r["task"]: r["rel_change"] for r in mine if r["task"] != "mean"},
+                "mean": next(r["rel_change"] for r in mine if r["task"] == "mean")}
         out[name] = {"clean": clean, "attacks": attacks}
     return out
+
+
+def success_pool(targets: dict, loader: Any) -> int:
+    """How many eval examples every target classifies correctly (the success-rate denominator
+    of the RFN protocol, as in `mtl.evaluate.evaluate_transfer`), for the binomial error."""
+    import torch
+    total = 0
+    with torch.no_grad():
+        for batch in loader:
+            ok = torch.ones(batch["image"].shape[0], dtype=torch.bool)
+            for model in targets.values():
+                image = batch["image"].to(next(model.parameters()).device)
+                pred = model(image, task="scene_class")["scene_class"]
+                ok &= pred.argmax(1).cpu() == batch["scene_class"]
+            total += int(ok.sum())
+    return total
 
 
 def measure_transfer(surrogates: dict, targets: dict, loader: Any, s: Settings,
@@ -256,46 +255,45 @@ def measure_transfer(surrogates: dict, targets: dict, loader: Any, s: Settings,
     return out
 
 
-def summarize(result: dict, s: Settings) -> dict:
-    """Derived numbers that the claims of the RFN and DGBA papers are judged by."""
-    obj = s.transfer_objectives[0]
-    tr, sh = result["transfer"], result["sharpness"]
+def _transfer_summary(tr: dict, sh: dict, obj: str, s: Settings) -> dict:
+    """Early stopping, RFN vs SAM vs early stopping, sharpness ↔ transfer, for one objective."""
     succ = {n: {int(e): v[obj]["success_rate"]["mean"] for e, v in d.items()}
             for n, d in tr.items()}
     dmean = {n: {int(e): v[obj]["delta_mean"]["mean"] for e, v in d.items()}
              for n, d in tr.items()}
-    sgd = succ["sgd"]
+    sgd, last = succ["sgd"], s.epochs
     ranked = sorted((v, -e) for e, v in sgd.items() if v is not None)
-    peak_epoch = -ranked[-1][1] if ranked else None
-    last = s.epochs
-    rfn = {n: v[last] for n, v in succ.items() if n.startswith("rfn_")}
-    largest_rfn = f"rfn_rho{max(s.rfn_rhos):g}"
-    best_early = max((v for e, v in sgd.items() if e < last and v is not None), default=None)
     keys = [(n, e) for n in sh for e in sh[n]]
-    summary = {
-        "objective": obj,
-        "success_by_epoch": succ, "delta_by_epoch": dmean,
-        "sgd_peak_epoch": peak_epoch, "first_decay_epoch": s.milestones[0] if s.milestones
-        else None,
-        "sgd_final_success": sgd.get(last), "sgd_best_early_success": best_early,
-        "sam_final_success": succ[f"sam_rho{s.sam_rho:g}"].get(last),
-        "rfn_final_success": rfn, "largest_rho_rfn": largest_rfn,
-        "spearman_lambda_max_vs_success": spearman(
-            [sh[n][e]["lambda_max"] for n, e in keys], [succ[n].get(int(e)) for n, e in keys]),
-        "spearman_sam_sharpness_vs_success": spearman(
-            [sh[n][e]["sam_sharpness"] for n, e in keys], [succ[n].get(int(e)) for n, e in keys]),
-        "spearman_lambda_max_vs_delta": spearman(
-            [sh[n][e]["lambda_max"] for n, e in keys], [dmean[n].get(int(e)) for n, e in keys]),
-        "spearman_final_lambda_max_vs_success": spearman(
-            [sh[n][str(last)]["lambda_max"] for n in sh], [succ[n].get(last) for n in sh]),
-    }
+
+    def rank_corr(measure: str, values: dict) -> float | None:
+        return spearman([sh[n][e][measure] for n, e in keys],
+                        [values[n].get(int(e)) for n, e in keys])
+
+    return {"success_by_epoch": succ, "delta_by_epoch": dmean,
+            "sgd_peak_epoch": -ranked[-1][1] if ranked else None,
+            "first_decay_epoch": s.milestones[0] if s.milestones else None,
+            "sgd_final_success": sgd.get(last),
+            "sgd_best_early_success": max((v for e, v in sgd.items()
+                                           if e < last and v is not None), default=None),
+            "sam_final_success": succ[f"sam_rho{s.sam_rho:g}"].get(last),
+            "rfn_final_success": {n: v[last] for n, v in succ.items() if n.startswith("rfn_")},
+            "spearman_lambda_max_vs_success": rank_corr("lambda_max", succ),
+            "spearman_sam_sharpness_vs_success": rank_corr("sam_sharpness", succ),
+            "spearman_lambda_max_vs_delta": rank_corr("lambda_max", dmean),
+            "spearman_final_lambda_max_vs_success": spearman(
+                [sh[n][str(last)]["lambda_max"] for n in sh], [succ[n].get(last) for n in sh])}
+
+
+def summarize(result: dict, s: Settings) -> dict:
+    """Derived numbers that the claims of the RFN and DGBA papers are judged by."""
     from mtl.tasks import relative_change
     rob = result["robustness"]
-    summary["at_clean_cost"] = {n: relative_change(rob["sgd"]["clean"], rob[n]["clean"])[1]
-                                for n in rob if n != "sgd"}
-    summary["at_delta_mean"] = {n: {k: a["mean"] for k, a in rob[n]["attacks"].items()}
-                                for n in rob}
-    return summary
+    return {"transfer": {obj: _transfer_summary(result["transfer"], result["sharpness"], obj, s)
+                         for obj in s.transfer_objectives},
+            "at_clean_cost": {n: relative_change(rob["sgd"]["clean"], rob[n]["clean"])[1]
+                              for n in rob if n != "sgd"},
+            "at_delta_mean": {n: {k: a["mean"] for k, a in rob[n]["attacks"].items()}
+                              for n in rob}}
 
 
 def _table(title: str, header: list[str], rows: list[list[Any]]) -> str:
@@ -328,16 +326,18 @@ def print_tables(result: dict, s: Settings) -> None:
     for obj in s.transfer_objectives:
         tids = [t for t in next(iter(next(iter(tr.values())).values()))[obj]["success_rate"]]
         print(_table(f"(c) transfer, PGD-{obj} eps {s.transfer_eps:g}: success rate per target "
-                     "and Δ mean over targets", ["surrogate", "epoch", *tids, "Δ mean"],
+                     f"(of {result['success_pool']} examples all targets get right) and Δ mean "
+                     "over targets", ["surrogate", "epoch", *tids, "Δ mean"],
                      [[n, e, *(v[obj]["success_rate"][t] for t in tids),
                        v[obj]["delta_mean"]["mean"]] for n, d in tr.items()
                       for e, v in d.items()]))
 
 
-def run_bench(s: Settings, store_dir: str | os.PathLike,
+def run_bench(s: Settings, store_dir: str | os.PathLike, device: str = "cpu",
               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
               ) -> dict:
-    """Train (or reuse) every model, measure (a), (b), (c); returns the JSON-able result."""
+    """Train (or reuse) every model on `device`, measure (a), (b), (c); returns the JSON-able
+    result (see bench/README.md for its keys)."""
     import torch
     from mtl.data import make_loader
     from mtl.data.scenes import SyntheticScenes
@@ -352,7 +352,7 @@ def run_bench(s: Settings, store_dir: str | os.PathLike,
         reused = find_model(cfg, store_dir) is not None
         log(f"[{i + 1}/{len(configs)}] {'reusing' if reused else 'training'} {name} ({role})")
         t0 = time.perf_counter()
-        entry = next(iter(ensure_models([cfg], store_dir, progress=True).values()))
+        entry = next(iter(ensure_models([cfg], store_dir, device=device, progress=True).values()))
         timings[f"train/{name}"] = time.perf_counter() - t0
         history = json.loads((entry / "history.json").read_text())
         models[name] = {"role": role, "hash": config_hash(cfg), "entry": entry, "reused": reused,
@@ -364,7 +364,7 @@ def run_bench(s: Settings, store_dir: str | os.PathLike,
     loader = list(make_loader(eval_set, s.eval_batch))  # fixed subset, identical for every model
 
     def load(name: str, epoch: int) -> tuple[torch.nn.Module, dict]:
-        return load_model(models[name]["entry"], epoch)
+        return load_model(models[name]["entry"], epoch, device=device)
 
     t0 = time.perf_counter()
     final = {n: load(n, s.epochs)[0] for n in ("sgd", *(f"at_{o}" for o in AT_OBJECTIVES))}
@@ -383,16 +383,17 @@ def run_bench(s: Settings, store_dir: str | os.PathLike,
     t0 = time.perf_counter()
     transfer = measure_transfer(surrogates, targets, loader, s, log)
     timings["transfer"] = time.perf_counter() - t0
+    pool = success_pool(targets, loader)
     timings["total"] = time.perf_counter() - t_all
     result = {"bench": "training_variants", "settings": asdict(s),
-              "conditions": {"device": "cpu", "torch": torch.__version__,
+              "conditions": {"device": str(device), "torch": torch.__version__,
                              "torch_threads": torch.get_num_threads(),
                              "load_avg_start": load_start,
                              "load_avg_end": list(os.getloadavg())},
               "models": {n: {k: v for k, v in m.items() if k != "entry"}
                          for n, m in models.items()},
               "robustness": robustness, "sharpness": sharpness, "transfer": transfer,
-              "timings_s": timings}
+              "success_pool": pool, "timings_s": timings}
     result["summary"] = summarize(result, s)
     return _finite(result)
 
@@ -404,6 +405,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     p.add_argument("--out", help="also write the JSON result to this file")
     p.add_argument("--store", help="model store directory (reused across runs; default: temp)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="cpu", help="torch device for training and attacks")
     base = Settings.quick() if "--quick" in (argv if argv is not None else sys.argv[1:]) \
         else Settings()
     for f in fields(Settings):
@@ -427,9 +429,16 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     print(f"settings: {json.dumps(asdict(settings))}", flush=True)
     with tempfile.TemporaryDirectory(prefix="mtl-variants-") as tmp:
-        result = run_bench(settings, args.store or tmp)
+        result = run_bench(settings, args.store or tmp, device=args.device)
     print_tables(result, settings)
-    print("\nsummary: " + json.dumps(result["summary"], indent=1), flush=True)
+    for obj, claims in result["summary"]["transfer"].items():
+        print(f"\nsummary, transfer with PGD-{obj}:")
+        for key, value in claims.items():
+            if not key.endswith("_by_epoch"):
+                print(f"  {key}: {json.dumps(value)}")
+    for key in ("at_clean_cost", "at_delta_mean"):
+        print(f"{key}: {json.dumps(result['summary'][key])}")
+    sys.stdout.flush()
     line = json.dumps(result, sort_keys=True)
     if args.out:
         Path(args.out).write_text(line + "\n")

@@ -83,12 +83,18 @@ def test_quick_run_json_structure(quick_run) -> None:
             assert set(t["delta_task"]) == set(bench.TASKS)
             rates = [v for v in t["success_rate"].values() if v is not None]
             assert all(0.0 <= v <= 1.0 for v in rates)
+            pool = result["success_pool"]  # each rate is a count out of the shared pool
+            assert all(abs(v * pool - round(v * pool)) < 1e-6
+                       for k, v in t["success_rate"].items() if k != "mean" and v is not None)
+    assert 0 <= result["success_pool"] <= s.eval_len
     summary = result["summary"]
-    assert set(summary["success_by_epoch"]) == set(surrogates)
+    assert set(summary["transfer"]) == set(s.transfer_objectives)
+    for per_obj in summary["transfer"].values():
+        assert set(per_obj["success_by_epoch"]) == set(surrogates)
     assert set(summary["at_clean_cost"]) == {"at_dgba", "at_total"}
 
 
-def test_last_stdout_line_is_the_json(tmp_path, capsys) -> None:
+def test_rerun_reuses_the_store_and_ends_with_the_json(tmp_path, capsys) -> None:
     """A second run on the same store reuses every model and measures the same numbers."""
     first = bench.main(["--quick", "--store", str(tmp_path / "store")])
     capsys.readouterr()
@@ -107,6 +113,8 @@ def test_last_stdout_line_is_the_json(tmp_path, capsys) -> None:
     ({"transfer_objectives": ("nope",)}, "transfer_objectives"),
     ({"target_seeds": (0, 1)}, "target_seeds"),
     ({"target_seeds": (100,)}, "target_seeds"),
+    ({"target_seeds": (100, 100)}, "target_seeds"),
+    ({"rfn_rhos": (0.5, 0.5)}, "rfn_rhos"),
     ({"layout": 9}, "layout"),
     ({"eps": (0.0,)}, "eps"),
     ({"milestones": (5,)}, "milestones"),
