@@ -55,6 +55,19 @@ def _session_pids(sid: int) -> list[int]:
     return [int(pid) for pid, s in (line.split() for line in out.splitlines()) if int(s) == sid]
 
 
+def _trial_workers(sid: int) -> list[int]:
+    """Ray worker processes of the session that are running a trial (Tune's function actor)."""
+    found = []
+    for pid in _session_pids(sid):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "ImplicitFunc" in title or "tune_trainable" in title:
+            found.append(pid)
+    return found
+
+
 def _kill_session(sid: int) -> None:
     for _ in range(20):
         pids = _session_pids(sid)
@@ -117,3 +130,24 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     attempts_dir = killed / NAME / "attempts"
     assert [len(list((attempts_dir / trial).iterdir())) for trial in first] == [1] * len(first)
     assert set(attempts["attempt"]) <= {1, 2}
+
+    # A trial's worker dies mid-training: Tune retries the trial (max_failures), which continues
+    # from its last epoch checkpoint; the rows are again those of the uninterrupted run.
+    crashed = tmp_path / "crashed"
+    proc = _cli("run", str(sweep), "--storage", str(crashed))
+    try:
+        deadline, victims = time.time() + 400, []
+        while time.time() < deadline and proc.poll() is None and not victims:
+            if list((crashed / NAME).glob("trial-*/checkpoint_*")):
+                victims = _trial_workers(proc.pid)
+            time.sleep(0.2)
+        assert victims, "no running trial worker found to kill"
+        os.kill(victims[0], signal.SIGKILL)
+        out = _finish(proc)
+    finally:
+        _kill_session(proc.pid)
+    assert f"{TRIALS} trials, 0 failed" in out
+    for table in ("measurements", "epochs"):
+        assert _frame(crashed, table).equals(_frame(fresh, table)), table
+    retried = read_results(crashed / NAME, "timings").collect().filter(pl.col("attempt") == 2)
+    assert retried["trial_id"].n_unique() >= 1
