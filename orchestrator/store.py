@@ -37,6 +37,14 @@ def _local_path(storage: str) -> str | None:
     return rest if scheme == "file" else None  # no network call to classify a URI
 
 
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI pyarrow understands."""
+    local = _local_path(path)
+    if local is not None:
+        return pafs.LocalFileSystem(), local
+    return pafs.FileSystem.from_uri(path)
+
+
 def model_store_dir(storage: str, store_path: str | None = None) -> str:
     """Where the sweep's models live: ``store_path`` if given, else ``<storage>/models``."""
     if store_path is not None:
@@ -69,11 +77,7 @@ def publish_surrogate(config: Mapping, checkpoint_dir: str, store_dir: str) -> P
 
 def next_attempt(storage: str, sweep: str, trial_id: str) -> int:
     """Record one more attempt of ``trial_id`` and return its number (1 for the first)."""
-    local = _local_path(storage)
-    if local is not None:
-        fs, root = pafs.LocalFileSystem(), local
-    else:
-        fs, root = pafs.FileSystem.from_uri(storage)
+    fs, root = filesystem(storage)
     directory = f"{root.rstrip('/')}/{sweep}/attempts/{trial_id}"
     fs.create_dir(directory, recursive=True)
     seen = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))

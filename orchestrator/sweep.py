@@ -21,7 +21,7 @@ from typing import Any
 
 from orchestrator.spec import (FINAL_METRICS, Node, SpecError, SweepSpec, as_choice, as_float,
                                as_int, as_list, fail, show)
-from orchestrator.store import model_store_dir
+from orchestrator.store import filesystem, model_store_dir
 
 SPEC_FILE = "sweep.json"
 SEARCH_MODES = ("grid", "random")
@@ -218,7 +218,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, address: str | Non
             if resume:  # killed before Tune saved any state: nothing to keep, start over
                 print(f"mtlsweep: no saved Tune state in {exp_dir}; starting the sweep",
                       file=sys.stderr)
-            _save_spec(spec, exp_dir)
+            save_spec(spec, exp_dir)
             trainable, tune_config, run_config = _tuner_parts(spec)
             tuner = tune.Tuner(trainable, param_space=param_space(spec, storage, store_dir),
                                tune_config=tune_config, run_config=run_config)
@@ -242,35 +242,24 @@ def _parent(path: str) -> str:
     return path.rsplit("/", 1)[0] if "://" in path else str(Path(path).resolve().parent)
 
 
-def _save_spec(spec: SweepSpec, exp_dir: str) -> None:
-    from orchestrator.results import _resolve
-    fs, root = _resolve(exp_dir)
-    text = json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True)
-    if fs is None:
-        Path(root).mkdir(parents=True, exist_ok=True)
-        (Path(root) / SPEC_FILE).write_text(text)
-    else:
-        fs.create_dir(root, recursive=True)
-        with fs.open_output_stream(f"{root}/{SPEC_FILE}") as out:
-            out.write(text.encode())
+def save_spec(spec: SweepSpec, exp_dir: str) -> None:
+    """Keep the validated spec with the experiment, so `resume` needs only the directory."""
+    fs, root = filesystem(exp_dir)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root.rstrip('/')}/{SPEC_FILE}") as out:
+        out.write(json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True).encode())
 
 
 def load_saved_spec(experiment_dir: str) -> SweepSpec:
     """The spec a sweep was started with (``<experiment_dir>/sweep.json``)."""
-    from orchestrator.results import _resolve
-    fs, root = _resolve(experiment_dir)
-    path = f"{root.rstrip('/')}/{SPEC_FILE}"
+    fs, root = filesystem(experiment_dir)
     try:
-        if fs is None:
-            text = Path(path).read_text()
-        else:
-            with fs.open_input_stream(path) as src:
-                text = src.read().decode()
+        with fs.open_input_stream(f"{root.rstrip('/')}/{SPEC_FILE}") as src:
+            data = json.loads(src.read().decode())
     except FileNotFoundError:
         raise FileNotFoundError(f"{experiment_dir!r} is not a sweep directory (no {SPEC_FILE}); "
                                 "give <storage>/<sweep> of a sweep started by `mtlsweep run`"
                                 ) from None
-    data = json.loads(text)
     fields = {f.name for f in dataclasses.fields(SweepSpec)}
     tuples = {f.name for f in dataclasses.fields(SweepSpec) if "tuple" in str(f.type)}
     return SweepSpec(**{k: tuple(v) if k in tuples else v for k, v in data.items()

@@ -246,3 +246,13 @@ def test_search_spec_builds_tunes_search_and_asha():
     assert isinstance(asha, ASHAScheduler) and asha.metric == "train_loss"
     assert asha._max_t == 4  # the longest trial's epochs + its final evaluation report
     assert run_config.failure_config.max_failures == spec.max_failures
+
+
+def test_saved_spec_round_trips_and_resume_needs_a_sweep_dir(tmp_path, capsys):
+    from orchestrator.cli import main
+    from orchestrator.sweep import load_saved_spec, save_spec
+    spec = load_spec(ROOT / "sweeps" / "demo.yaml", storage=str(tmp_path))
+    save_spec(spec, str(tmp_path / "demo"))
+    assert load_saved_spec(str(tmp_path / "demo")) == spec
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "is not a sweep directory (no sweep.json)" in capsys.readouterr().err
