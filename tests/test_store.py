@@ -190,3 +190,27 @@ def test_a_trial_reuses_a_surrogate_an_earlier_sweep_trained(tmp_path, monkeypat
     epochs = [read_results(tmp_path / name, "epochs").collect().drop("trial_id", "attempt")
               .sort("epoch", "quantity") for name in ("first", "second")]
     assert epochs[0].drop("sweep").equals(epochs[1].drop("sweep"))
+
+
+def test_real_dataset_splits(tmp_path):
+    """NYUv2 (the .npy layout): train from train/, test from val/; too many samples -> error."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for modality, shape in (("image", (24, 32, 3)), ("label", (24, 32)),
+                                ("depth", (24, 32)), ("normal", (24, 32, 3))):
+            folder = tmp_path / split / modality
+            folder.mkdir(parents=True)
+            for i in range(n):
+                array = rng.random(shape, dtype=np.float32)
+                if modality == "label":
+                    array = rng.integers(0, 13, shape).astype(np.float32)
+                np.save(folder / f"{i}.npy", array)
+    config = {"name": "nyuv2", "root": str(tmp_path), "size": 16, "seed": 0,
+              "tasks": ["segment_semantic", "depth_zbuffer"], "train": 3, "val": 2, "test": 2}
+    train = zoo.dataset_from_config(config, "train")
+    test = zoo.dataset_from_config(config, "test")
+    assert (len(train), len(test)) == (3, 2) and train.task_channels["segment_semantic"] == 13
+    assert train[0]["image"].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="dataset.test: 3 samples .* has 2"):
+        zoo.dataset_from_config(config, "test", 3)

@@ -46,22 +46,29 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 def dataset_from_config(dataset: Mapping[str, Any], split: str, length: int | None = None
                         ) -> Dataset:
-    """The ``split`` of the dataset a model config names, cut to ``length`` samples
-    (default: ``dataset["train"]`` for the train split, all otherwise)."""
+    """The ``split`` of the dataset a model config names, cut to ``length`` samples (default:
+    the config's size of that split). Scenes render each split; NYUv2 reads its train and val
+    folders (val doubles as test, the usual NYUv2 protocol); Taskonomy has no split folders,
+    so its samples are cut into disjoint consecutive train / val / test ranges."""
     from mtl.data import get_dataset
     name = dataset["name"]
     if length is None:
-        length = dataset.get(split) if split != "train" else dataset["train"]
+        length = dataset[split]
     if name == "scenes":
         return get_dataset("scenes", split, size=dataset["size"], length=length,
                            seed=dataset.get("seed", 0), tasks=list(dataset["tasks"]))
-    real_split = _SPLIT_FALLBACK.get(name, {}).get(split, split)
-    kwargs: dict[str, Any] = {"root": dataset["root"], "tasks": list(dataset["tasks"]),
-                              "size": (dataset["size"], dataset["size"])}
-    full = get_dataset(name, None if name == "taskonomy" else real_split, **kwargs)
-    if length is None or length >= len(full):
-        return full
-    subset = Subset(full, range(length))
+    kwargs = {"root": dataset["root"], "tasks": list(dataset["tasks"]), "size": dataset["size"]}
+    if name == "taskonomy":
+        full = get_dataset(name, None, **kwargs)
+        start = {"train": 0, "val": dataset["train"],
+                 "test": dataset["train"] + dataset.get("val", 0)}[split]
+    else:
+        full = get_dataset(name, _SPLIT_FALLBACK.get(name, {}).get(split, split), **kwargs)
+        start = 0
+    if start + length > len(full):
+        raise ValueError(f"dataset.{split}: {length} samples from index {start} requested, but "
+                         f"{name} at {dataset['root']!r} has {len(full)}")
+    subset = Subset(full, range(start, start + length))
     for attr in ("name", "tasks", "task_channels"):  # keep the dataset contract's attributes
         setattr(subset, attr, getattr(full, attr))
     return subset
