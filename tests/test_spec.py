@@ -211,13 +211,15 @@ def test_impossible_gpu_request_fails_before_any_trial(monkeypatch):
 
 def test_cli_rejects_a_bad_sweep_before_starting_ray(tmp_path, capsys):
     from orchestrator.cli import main
+    ray = sys.modules.get("ray")
+    ray_was_up = ray is not None and ray.is_initialized()
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(with_("attacks.objectives", ["dgba", "totl"])))
     assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "attacks.objectives[1]: unknown objective 'totl'" in err
     ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
+    assert ray_was_up or ray is None or not ray.is_initialized()
     assert not (tmp_path / "runs").exists()
 
 
