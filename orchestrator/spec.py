@@ -199,7 +199,7 @@ def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = N
     model = Node(top.get("model", {}), "model", ("width",))
     width = as_int(model.get("width", 16), model.at("width"), 1, 512)
     layouts = _layouts(top.get("layouts", [NUM_BLOCKS]), "layouts", len(tasks))
-    training, optimizers, rhos, seeds = _training(top.require("training"))
+    training, optimizers, rhos, seeds = _training(top.require("training"), tasks)
     adv = tuple(parse_adv(a, f"adv_train[{i}]", tasks)
                 for i, a in enumerate(as_list(top.get("adv_train", ["none"]), "adv_train")))
     check_unique(list(adv), "adv_train")
@@ -304,7 +304,8 @@ TRAIN_KEYS = ("epochs", "keep_epochs", "batch_size", "optimizer", "lr", "momentu
               "loss_weights")
 
 
-def _training(raw: Any) -> tuple[dict, tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
+def _training(raw: Any, tasks: tuple[str, ...]
+              ) -> tuple[dict, tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
     node = Node(raw, "training", TRAIN_KEYS)
     epochs = as_int(node.require("epochs"), node.at("epochs"), 1, 10_000)
     keep = as_list(node.get("keep_epochs", [epochs]), node.at("keep_epochs"))
@@ -312,8 +313,8 @@ def _training(raw: Any) -> tuple[dict, tuple[str, ...], tuple[float, ...], tuple
         as_int(k, f"training.keep_epochs[{i}]", 1, epochs)
     check_unique(keep, node.at("keep_epochs"))
     milestones = as_list(node.get("milestones", []), node.at("milestones"), nonempty=False)
-    for i, m in enumerate(milestones):
-        as_int(m, f"training.milestones[{i}]", 1, epochs)
+    for i, m in enumerate(milestones):  # decays at the start of an epoch; epoch 1 has no prior
+        as_int(m, f"training.milestones[{i}]", 2, epochs)
     optimizers = as_list(node.get("optimizer", "sgd"), node.at("optimizer"))
     for i, o in enumerate(optimizers):
         as_choice(o, f"training.optimizer[{i}]", OPTIMIZERS, "optimizer")
@@ -328,12 +329,13 @@ def _training(raw: Any) -> tuple[dict, tuple[str, ...], tuple[float, ...], tuple
     if not isinstance(weights, dict):
         fail(node.at("loss_weights"), f"expected a mapping task -> weight, got {weights!r}")
     for task, w in weights.items():
+        as_choice(task, f"training.loss_weights.{task}", tasks, "task")
         as_float(w, f"training.loss_weights.{task}", 0.0)
     training = {
         "epochs": epochs, "keep_epochs": sorted(keep),
         "batch_size": as_int(node.get("batch_size", 32), node.at("batch_size"), 1),
         "lr": as_float(node.get("lr", 0.05), node.at("lr"), 0.0, lo_open=True),
-        "momentum": as_float(node.get("momentum", 0.9), node.at("momentum"), 0.0, 1.0),
+        "momentum": as_float(node.get("momentum", 0.9), node.at("momentum"), 0.0, 0.999),
         "weight_decay": as_float(node.get("weight_decay", 5e-4), node.at("weight_decay"), 0.0),
         "milestones": sorted(milestones),
         "gamma": as_float(node.get("gamma", 0.1), node.at("gamma"), 0.0, 1.0, lo_open=True),
@@ -457,11 +459,14 @@ def _cross_task(raw: Any) -> dict | None:
 
 
 def check_train_config(train: dict, path: str) -> None:
+    """mtl.train's own checks (``field: problem``), reported under the YAML ``path``."""
     from mtl.train import TrainConfig
     try:
         TrainConfig.from_dict(train).validate()
     except (ValueError, TypeError) as err:
-        raise SpecError(f"{path}: {err}") from None
+        field, sep, rest = str(err).partition(": ")
+        named = sep and field.replace(".", "").replace("_", "").isalnum()
+        raise SpecError(f"{path}.{field}: {rest}" if named else f"{path}: {err}") from None
 
 
 def _resources(raw: Any) -> dict:
