@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -75,8 +76,13 @@ def main() -> None:
         f"{t} {next(iter(m))} {next(iter(m.values())):.3f}" for t, m in clean.items()))
 
     objectives = available_objectives(TASKS)
-    specs = [AttackSpec(m, o, e, args.steps) for m in METHODS for e in EPS for o in objectives]
-    rows = evaluate_attacks(model, loader, specs)
+    rows = []
+    for m in METHODS:  # one call per method, so progress shows on stderr
+        t0 = time.perf_counter()
+        rows += evaluate_attacks(model, loader,
+                                 [AttackSpec(m, o, e, args.steps) for e in EPS for o in objectives])
+        print(f"{m}: {len(EPS) * len(objectives)} attacks in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
     delta = {(r["attack_method"], r["eps"], r["objective"]): r["rel_change"]
              for r in rows if r["task"] == "mean" and r["metric"] == "delta"}
     per_task = {(r["attack_method"], r["eps"], r["objective"], r["task"]): r["rel_change"]
