@@ -1,10 +1,14 @@
-"""The orchestrator's view of the model store and of per-trial run records.
+"""The orchestrator's view of the model store: the target zoo, stored surrogates, run records.
+
+`parse_targets` reads the sweep's ``transfer`` section (the zoo spec) into full model configs;
+their hashes key the store.
 
 Models live in ``<storage>/models/<hash>/`` (mtl.train.zoo: checkpoints, config.json, COMPLETE,
 an fcntl lock per hash). The store needs a POSIX filesystem every trial can reach: a local
 directory for one machine, a shared filesystem (NFS, Lustre, EFS, ...) mounted at the same path
 on every node of a cluster. When results go to an object store (``s3://...``), give the sweep a
-``store.path`` on a shared filesystem; without one the sweep is refused up front.
+``store.path`` on a shared filesystem; without one a sweep that needs the store (transfer
+targets or ``store.reuse_surrogates``) is refused up front.
 
 Attempt numbers are counted per trial under ``<storage>/<sweep>/attempts/<trial_id>`` (one
 marker per attempt, through pyarrow's filesystems, so URIs work too): the results record which

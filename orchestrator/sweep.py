@@ -205,7 +205,8 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, address: str | Non
     from ray import tune
     storage = storage or spec.storage or "runs"
     spec = dataclasses.replace(spec, storage=storage)
-    store_dir = model_store_dir(storage, spec.store_path)
+    needs_store = bool(spec.targets) or spec.reuse_surrogates
+    store_dir = model_store_dir(storage, spec.store_path) if needs_store else ""
     started = init_ray(address)
     try:
         check_cluster(spec)
