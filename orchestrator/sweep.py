@@ -115,10 +115,14 @@ def param_space(spec: SweepSpec, storage: str, store_dir: str) -> dict:
 
 
 def init_ray(address: str | None = None) -> bool:
-    """Connect to ``address`` or start a local Ray with every core; False if already up."""
+    """Connect to ``address`` (or ``$RAY_ADDRESS``, which Ray sets inside a Ray job) or start a
+    local Ray with every core; False if Ray was already up."""
     import ray
     if ray.is_initialized():
         return False
+    # Joining an existing cluster forbids num_cpus, so a driver run by `ray job submit` without
+    # --address must connect rather than start a local instance.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

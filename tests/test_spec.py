@@ -261,3 +261,20 @@ def test_saved_spec_round_trips_and_resume_needs_a_sweep_dir(tmp_path, capsys):
     assert load_saved_spec(str(tmp_path / "demo")) == spec
     assert main(["resume", str(tmp_path)]) == 2
     assert "is not a sweep directory (no sweep.json)" in capsys.readouterr().err
+
+
+def test_init_ray_joins_the_cluster_named_by_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a Ray job RAY_ADDRESS is set; passing num_cpus there makes ray.init fail."""
+    import ray
+
+    from orchestrator.sweep import init_ray
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert init_ray() is True
+    assert calls[-1]["address"] == "127.0.0.1:6379" and "num_cpus" not in calls[-1]
+    monkeypatch.delenv("RAY_ADDRESS")
+    init_ray()
+    assert "address" not in calls[-1] and calls[-1]["num_cpus"] >= 1
