@@ -7,14 +7,12 @@ with ONE `SpecError` (a ValueError) naming the YAML path and the allowed values,
 key by key in sweeps/demo.yaml. Sections parsed next to the code that uses them: `search`
 (orchestrator.sweep.parse_search) and `transfer` (orchestrator.store.parse_targets); the
 checks against the live cluster are orchestrator.sweep.check_cluster, run after ``ray.init``
-and before any trial. The small typed readers here (`Node`, `as_int`, ...) serve all three.
+and before any trial. The typed readers (`Node`, `as_int`, ...) are in orchestrator/yamlpath.py.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +22,8 @@ import yaml
 from mtl.models import Layout, enumerate_layouts
 from mtl.tasks import TASK_NAMES
 from mtl.data import DATASETS
+from orchestrator.yamlpath import (Node, SpecError, as_bool, as_choice, as_float, as_int,
+                                   as_list, check_unique, fail)
 
 NUM_BLOCKS = 5
 OPTIMIZERS = ("sgd", "adam")
@@ -34,96 +34,6 @@ ADV_MIX = ("alternate", "weighted")
 # Final metrics a trial reports (means over its kept epochs; see orchestrator/trial.py).
 FINAL_METRICS = ("transfer_success", "transfer_delta", "whitebox_delta", "cross_task_delta",
                  "train_loss")
-
-
-class SpecError(ValueError):
-    """A malformed sweep spec; the message starts with the YAML path of the offending value."""
-
-
-def fail(path: str, message: str) -> None:
-    raise SpecError(f"{path}: {message}")
-
-
-def show(values: Any) -> str:
-    return ", ".join(str(v) for v in values)
-
-
-class Node:
-    """A YAML mapping being read: typed getters that know their path, unknown-key detection."""
-
-    def __init__(self, value: Any, path: str, keys: tuple[str, ...]) -> None:
-        if not isinstance(value, dict):
-            fail(path or "<top>", f"expected a mapping with keys {show(keys)}, "
-                 f"got {type(value).__name__} {value!r}")
-        for key in value:
-            if key not in keys:
-                close = difflib.get_close_matches(str(key), keys, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                fail(_join(path, key), f"unknown key{hint}; allowed keys: {show(keys)}")
-        self.value, self.path = value, path
-
-    def at(self, key: str) -> str:
-        return _join(self.path, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.value.get(key, default)
-
-    def require(self, key: str) -> Any:
-        if key not in self.value:
-            fail(self.at(key), "required key is missing")
-        return self.value[key]
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def as_int(value: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        fail(path, f"expected an integer, got {type(value).__name__} {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        fail(path, f"{value} is out of range; allowed: {lo if lo is not None else '-inf'}.."
-             f"{hi if hi is not None else 'inf'}")
-    return value
-
-
-def as_float(value: Any, path: str, lo: float | None = None, hi: float | None = None,
-             lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        fail(path, f"expected a finite number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        fail(path, f"{value:g} is out of range; allowed: {'>' if lo_open else '>='} {lo:g}"
-             + (f" and <= {hi:g}" if hi is not None else ""))
-    if hi is not None and value > hi:
-        fail(path, f"{value:g} is out of range; allowed: <= {hi:g}")
-    return value
-
-
-def as_bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        fail(path, f"expected true or false, got {value!r}")
-    return value
-
-
-def as_choice(value: Any, path: str, allowed: tuple[str, ...], what: str = "value") -> str:
-    if not isinstance(value, str) or value not in allowed:
-        fail(path, f"unknown {what} {value!r}; allowed: {show(allowed)}")
-    return value
-
-
-def as_list(value: Any, path: str, nonempty: bool = True) -> list:
-    """A YAML list; a scalar is read as a one-element list (``seeds: 0`` == ``seeds: [0]``)."""
-    items = value if isinstance(value, list) else [value]
-    if nonempty and not items:
-        fail(path, "expected a non-empty list")
-    return items
-
-
-def check_unique(items: list, path: str) -> None:
-    for i, item in enumerate(items):
-        if item in items[:i]:
-            fail(f"{path}[{i}]", f"duplicate value {item!r}")
 
 
 # --- the frozen spec ------------------------------------------------------------------------------

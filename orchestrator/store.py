@@ -28,9 +28,9 @@ import torch
 
 from mtl.models import Layout
 from mtl.train import zoo
-from orchestrator.spec import (NUM_BLOCKS, OPTIMIZERS, Node, SweepSpec, adv_label, as_choice,
-                               as_float, as_int, as_list, check_train_config, fail, parse_adv,
-                               parse_layout)
+from orchestrator.spec import (NUM_BLOCKS, OPTIMIZERS, SweepSpec, adv_label, check_train_config,
+                               parse_adv, parse_layout)
+from orchestrator.yamlpath import Node, as_choice, as_float, as_int, as_list, fail
 
 
 def _local_path(storage: str) -> str | None:

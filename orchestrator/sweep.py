@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import (FINAL_METRICS, Node, SpecError, SweepSpec, as_choice, as_float,
-                               as_int, as_list, fail, show)
+from orchestrator.spec import FINAL_METRICS, SweepSpec
+from orchestrator.yamlpath import Node, SpecError, as_choice, as_float, as_int, as_list, fail, show
 from orchestrator.store import filesystem, model_store_dir
 
 SPEC_FILE = "sweep.json"

@@ -1,0 +1,99 @@
+"""Typed readers for YAML that know where they are: each failure is one `SpecError` whose
+message starts with the YAML path of the bad value (``attacks.eps[1]: ...``) and lists what is
+allowed. The sweep spec (orchestrator/spec.py) and the sections parsed beside the code that uses
+them (search in sweep.py, transfer in store.py) all read through these."""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A malformed sweep spec; the message starts with the YAML path of the offending value."""
+
+
+def fail(path: str, message: str) -> None:
+    raise SpecError(f"{path}: {message}")
+
+
+def show(values: Any) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+class Node:
+    """A YAML mapping being read: typed getters that know their path, unknown-key detection."""
+
+    def __init__(self, value: Any, path: str, keys: tuple[str, ...]) -> None:
+        if not isinstance(value, dict):
+            fail(path or "<top>", f"expected a mapping with keys {show(keys)}, "
+                 f"got {type(value).__name__} {value!r}")
+        for key in value:
+            if key not in keys:
+                close = difflib.get_close_matches(str(key), keys, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                fail(_join(path, key), f"unknown key{hint}; allowed keys: {show(keys)}")
+        self.value, self.path = value, path
+
+    def at(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.value.get(key, default)
+
+    def require(self, key: str) -> Any:
+        if key not in self.value:
+            fail(self.at(key), "required key is missing")
+        return self.value[key]
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def as_int(value: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(path, f"expected an integer, got {type(value).__name__} {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        fail(path, f"{value} is out of range; allowed: {lo if lo is not None else '-inf'}.."
+             f"{hi if hi is not None else 'inf'}")
+    return value
+
+
+def as_float(value: Any, path: str, lo: float | None = None, hi: float | None = None,
+             lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        fail(path, f"expected a finite number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        fail(path, f"{value:g} is out of range; allowed: {'>' if lo_open else '>='} {lo:g}"
+             + (f" and <= {hi:g}" if hi is not None else ""))
+    if hi is not None and value > hi:
+        fail(path, f"{value:g} is out of range; allowed: <= {hi:g}")
+    return value
+
+
+def as_bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        fail(path, f"expected true or false, got {value!r}")
+    return value
+
+
+def as_choice(value: Any, path: str, allowed: tuple[str, ...], what: str = "value") -> str:
+    if not isinstance(value, str) or value not in allowed:
+        fail(path, f"unknown {what} {value!r}; allowed: {show(allowed)}")
+    return value
+
+
+def as_list(value: Any, path: str, nonempty: bool = True) -> list:
+    """A YAML list; a scalar is read as a one-element list (``seeds: 0`` == ``seeds: [0]``)."""
+    items = value if isinstance(value, list) else [value]
+    if nonempty and not items:
+        fail(path, "expected a non-empty list")
+    return items
+
+
+def check_unique(items: list, path: str) -> None:
+    for i, item in enumerate(items):
+        if item in items[:i]:
+            fail(f"{path}[{i}]", f"duplicate value {item!r}")
