@@ -16,7 +16,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -105,7 +104,7 @@ def main() -> None:
     print(f"\nstrongest on average Delta: {strongest}; "
           f"DGBA {'IS' if strongest == 'dgba' else 'is NOT'} the strongest on average; "
           f"columns won: " + ", ".join(f"{o} {w}" for o, w in wins.items() if w))
-    print(f"per-task Delta (%) under PGD eps 8: " + "; ".join(
+    print("per-task Delta (%) under PGD eps 8: " + "; ".join(
         f"{o}: " + " ".join(f"{t[:5]} {100 * per_task[('pgd', 8.0, o, t)]:.1f}" for t in TASKS)
         for o in ("total", "signsum", "dgba", "minmax")))
     print(json.dumps({"bench": "attack_strength", "model": source, "n": args.n,

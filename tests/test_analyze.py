@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import polars as pl
 import pytest
@@ -325,19 +324,8 @@ def test_undefined_deltas_are_left_out_and_counted(tmp_path: Path) -> None:
     assert "**1 per-task Δ values were undefined and left out" in result.report.read_text()
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny convolutions run several times faster on one thread on a busy machine."""
-    import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_rows_of_the_real_evaluation_flow_through_sink_and_report(tmp_path: Path,
-                                                                  one_thread: None) -> None:
+def test_rows_of_the_real_evaluation_flow_through_sink_and_report(tmp_path: Path) -> None:
     """mtl.evaluate rows (tiny untrained models) -> write_trial_table -> analyze."""
     import torch
 

@@ -31,15 +31,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convs gain nothing from a 2nd thread, and on a loaded 2-core box OpenMP barriers
-    made the fit test ~18x slower with 2 threads than with 1 (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --- sharing follows the layout ---------------------------------------------------------------
 @pytest.mark.parametrize("k", range(6))

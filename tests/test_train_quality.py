@@ -17,14 +17,6 @@ from mtl.train import TrainConfig, train
 TASKS = ("segment_semantic", "depth_zbuffer", "normal")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread avoids OpenMP contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _trivial_metrics(train_set, val_set) -> dict[str, dict[str, float]]:
     classes = train_set.task_channels["segment_semantic"]

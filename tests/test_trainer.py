@@ -16,14 +16,6 @@ from mtl.train.checkpoints import read_meta
 TASKS = ("segment_semantic", "depth_zbuffer", "normal")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data() -> tuple[SyntheticScenes, SyntheticScenes]:
