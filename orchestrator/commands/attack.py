@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import yaml
 
+from orchestrator.commands import check_common_args
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `attack` and set its handler."""
@@ -83,16 +85,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mtl.attacks import AttackSpec
-    from mtl.data import DATASETS, make_loader
+    from mtl.data import make_loader
     from mtl.evaluate import evaluate_attacks
     from mtl.train.checkpoints import load_checkpoint
 
-    if args.dataset not in DATASETS:
-        raise ValueError(f"--dataset: unknown {args.dataset!r}; allowed: {', '.join(DATASETS)}")
-    for name in ("size", "n", "batch_size", "steps", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+    check_common_args(args, ("size", "n", "batch_size", "steps", "threads"))
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint: {args.checkpoint} does not exist")
     if args.threads:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mtl.train.progress import KEY_METRICS
+from orchestrator.commands import check_common_args
 
 DEFAULT_TASKS = ["segment_semantic", "depth_zbuffer", "normal"]
 
@@ -136,14 +137,7 @@ def _datasets(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from mtl.data import DATASETS
-
-    if args.dataset not in DATASETS:
-        raise ValueError(f"--dataset: unknown {args.dataset!r}; allowed: {', '.join(DATASETS)}")
-    for name in ("size", "width", "train_len", "val_len", "threads"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {v}")
+    check_common_args(args, ("size", "width", "train_len", "val_len", "threads"))
 
 
 def run(args: argparse.Namespace) -> int:
