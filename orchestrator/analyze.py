@@ -15,6 +15,7 @@ from typing import Iterable
 
 import polars as pl
 
+from mtl.models import Layout
 from orchestrator.results import read_results
 
 PRIMARY_METRICS: dict[str, str] = {
@@ -46,38 +47,18 @@ class Attack:
 
 # --- loading ------------------------------------------------------------------------------------
 def _layout_info(layouts: Iterable[str]) -> pl.DataFrame:
-    """sharing in [0, 1] and branch point (if the layout is one) for each canonical string."""
-    try:
-        from mtl.models import Layout
-    except ImportError:  # analysis must work without the model code (e.g. on a laptop)
-        Layout = None
+    """sharing in [0, 1] and branch point (if the layout is one) for each canonical string;
+    both null for a string that is not a layout. (`Layout` is pure Python: no torch import.)"""
     rows = []
     for text in layouts:
-        sharing, k = _parse_sharing(text)
-        if Layout is not None:
-            try:
-                layout = Layout.parse(text)
-                sharing, k = layout.sharing(), layout.branch_point_of()
-            except ValueError:
-                pass
+        try:
+            layout = Layout.parse(text)
+            sharing, k = layout.sharing(), layout.branch_point_of()
+        except ValueError:
+            sharing, k = None, None
         rows.append({"layout": text, "sharing": sharing, "branch_point_of": k})
     return pl.DataFrame(rows, schema={"layout": pl.String, "sharing": pl.Float64,
                                       "branch_point_of": pl.Int64})
-
-
-def _parse_sharing(text: str) -> tuple[float | None, int | None]:
-    """Fallback parser of the canonical layout string: mean_b (T − groups_b)/(T − 1)."""
-    try:
-        blocks = [[g.split("+") for g in b.split(",")] for b in text.split("|")]
-        tasks = sum(len(g) for g in blocks[0])
-    except (AttributeError, IndexError):
-        return None, None
-    if tasks <= 1:
-        return 0.0, 0
-    sharing = sum((tasks - len(b)) / (tasks - 1) for b in blocks) / len(blocks)
-    sizes = [len(b) for b in blocks]
-    k = next((i for i, s in enumerate(sizes) if s != 1), len(sizes))
-    return sharing, (k if all(s == tasks for s in sizes[k:]) else None)
 
 
 def _regime() -> pl.Expr:
