@@ -207,7 +207,9 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, address: str | Non
               resume: bool = False) -> SweepOutcome:
     """Run ``spec`` to the end (``resume``: continue an interrupted run of it instead)."""
     from ray import tune
-    storage = storage or spec.storage or "runs"
+    # Absolute before it reaches a trial: Ray runs each trial in its own working directory,
+    # where a relative path would silently scatter the results.
+    storage = _storage_uri(storage or spec.storage or "runs")
     spec = dataclasses.replace(spec, storage=storage)
     needs_store = bool(spec.targets) or spec.reuse_surrogates
     store_dir = model_store_dir(storage, spec.store_path) if needs_store else ""

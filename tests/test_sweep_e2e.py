@@ -123,15 +123,19 @@ def test_grid_sweep_rows_match_the_spec(local_ray, tmp_path, capsys):
     assert len(models) == 1
 
 
-def test_random_search_over_rho_reports_the_best(local_ray, tmp_path):
+def test_random_search_over_rho_reports_the_best(local_ray, tmp_path, monkeypatch):
     raw = tiny_sweep(adv_train=["none"], transfer=None, cross_task=False, sharpness=None,
                      search={"mode": "random", "num_samples": 2, "metric": "whitebox_delta",
                              "goal": "min", "seed": 3,
                              "space": {"rho": {"loguniform": [0.01, 1.0]}}})
     raw["training"] = {**raw["training"], "rho": 0, "keep_epochs": [2]}
     spec = parse_spec(raw, name="search")
-    outcome = run_sweep(spec, storage=str(tmp_path))
+    # A relative storage (as in `make demo`) means the driver's cwd, not a trial's working dir.
+    monkeypatch.chdir(tmp_path)
+    outcome = run_sweep(spec, storage="runs")
     assert (outcome.trials, outcome.errored) == (2, 0)
+    assert outcome.experiment_dir == str(tmp_path / "runs" / "search")
+    assert len(list((tmp_path / "runs" / "search" / "results" / "measurements").iterdir())) == 2
     frame = read_results(outcome.experiment_dir).collect()
     rhos = sorted(set(frame["rho"]))
     assert len(rhos) == 2 and all(0.01 <= r <= 1.0 for r in rhos)
