@@ -9,11 +9,13 @@ steps) or a fixed convex combination (`weighted`: clean with `clean_weight`, adv
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from mtl.train.fields import from_mapping
 
 Batch = dict[str, torch.Tensor]
 
@@ -104,13 +106,7 @@ class AdvTrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AdvTrainConfig":
         """Inverse of `to_dict`; unknown keys raise a ValueError listing the allowed ones."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"adv: must be a mapping, got {type(data).__name__}")
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise ValueError(f"adv: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
-        return cls(**dict(data))
+        return from_mapping(cls, data, "adv")
 
 
 def craft_adversarial(model: nn.Module, batch: Batch, cfg: AdvTrainConfig) -> Batch:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from mtl.train.adversarial import AdvTrainConfig
+from mtl.train.fields import from_mapping
 from mtl.train.sharpness import SharpnessConfig
 
 OPTIMIZERS = ("sgd", "adam")
@@ -134,11 +135,4 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Inverse of `to_dict`; unknown keys raise a ValueError listing the allowed ones."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"train config: must be a mapping, got {type(data).__name__}")
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise ValueError(f"train config: unknown key(s) {unknown}; "
-                             f"allowed: {', '.join(allowed)}")
-        return cls(**dict(data))
+        return from_mapping(cls, data, "train config")

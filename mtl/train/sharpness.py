@@ -17,11 +17,13 @@ bit-for-bit, so measuring sharpness inside training never changes the training t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from mtl.train.fields import from_mapping
 
 LossFn = Callable[[], torch.Tensor]
 
@@ -68,13 +70,7 @@ class SharpnessConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SharpnessConfig":
         """Inverse of `to_dict`; unknown keys raise a ValueError listing the allowed ones."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"sharpness: must be a mapping, got {type(data).__name__}")
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise ValueError(f"sharpness: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
-        return cls(**dict(data))
+        return from_mapping(cls, data, "sharpness")
 
 
 def _params(model: nn.Module, params: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
