@@ -10,9 +10,8 @@ from mtl.attacks.apgd import APGD, apgd_checkpoints
 from mtl.attacks.objectives import AttackContext
 from mtl.attacks.registry import OBJECTIVES
 from mtl.models import Layout, build_model
+from random_batches import CHANNELS, TASKS, random_batch
 
-TASKS = ("segment_semantic", "depth_zbuffer", "normal", "scene_class")
-CHANNELS = {"segment_semantic": 5, "scene_class": 4}
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +22,7 @@ def model() -> torch.nn.Module:
 
 
 def make_batch(B: int = 6, H: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(B, 3, H, H, generator=g),
-            "segment_semantic": torch.randint(0, 5, (B, H, H), generator=g),
-            "depth_zbuffer": torch.rand(B, 1, H, H, generator=g) + 1.0,
-            "normal": torch.nn.functional.normalize(torch.randn(B, 3, H, H, generator=g), dim=1),
-            "scene_class": torch.randint(0, 4, (B,), generator=g)}
+    return random_batch(B, H, seed)
 
 
 def test_checkpoints_follow_the_paper_schedule():

@@ -9,9 +9,8 @@ from mtl.attacks import METHODS, OBJECTIVES, AttackSpec, attack, available_objec
 from mtl.attacks.objectives import AttackContext
 from mtl.attacks.registry import OBJECTIVES as REGISTRY
 from mtl.models import Layout, build_model
+from random_batches import CHANNELS, TASKS, random_batch
 
-TASKS = ("segment_semantic", "depth_zbuffer", "normal", "scene_class")
-CHANNELS = {"segment_semantic": 5, "scene_class": 4}
 ALL_OBJECTIVES = available_objectives(TASKS)
 
 
@@ -22,14 +21,10 @@ def model() -> torch.nn.Module:
 
 
 def make_batch(B: int = 3, H: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    image = torch.rand(B, 3, H, H, generator=g)
-    image[0, :, :4] = 0.0  # pixels on the box boundary: clipping must keep them in [0, 1]
-    image[1, :, :4] = 1.0
-    return {"image": image, "segment_semantic": torch.randint(0, 5, (B, H, H), generator=g),
-            "depth_zbuffer": torch.rand(B, 1, H, H, generator=g) + 1.0,
-            "normal": torch.nn.functional.normalize(torch.randn(B, 3, H, H, generator=g), dim=1),
-            "scene_class": torch.randint(0, 4, (B,), generator=g)}
+    batch = random_batch(B, H, seed)
+    batch["image"][0, :, :4] = 0.0  # pixels on the box boundary: clipping must keep them in [0, 1]
+    batch["image"][1, :, :4] = 1.0
+    return batch
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

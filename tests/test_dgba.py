@@ -12,9 +12,8 @@ from mtl.attacks.dgba import (dgba_direction, dgba_direction_reference, solve_bo
                               solve_sign_ilp)
 from mtl.attacks.objectives import LOSS_FLOOR, AttackContext, forward_losses
 from mtl.models import Layout, build_model
+from random_batches import CHANNELS, TASKS, random_batch
 
-TASKS = ("segment_semantic", "depth_zbuffer", "normal", "scene_class")
-CHANNELS = {"segment_semantic": 5, "scene_class": 4}
 
 
 def make_model(seed: int = 0, k: int = 2) -> torch.nn.Module:
@@ -23,12 +22,7 @@ def make_model(seed: int = 0, k: int = 2) -> torch.nn.Module:
 
 
 def make_batch(B: int = 4, H: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(B, 3, H, H, generator=g),
-            "segment_semantic": torch.randint(0, 5, (B, H, H), generator=g),
-            "depth_zbuffer": torch.rand(B, 1, H, H, generator=g) + 1.0,
-            "normal": torch.nn.functional.normalize(torch.randn(B, 3, H, H, generator=g), dim=1),
-            "scene_class": torch.randint(0, 4, (B,), generator=g)}
+    return random_batch(B, H, seed)
 
 
 coef = st.sampled_from([-2.0, -1.0, -0.5, 0.0, 0.0, 0.5, 1.0, 3.0])
