@@ -421,3 +421,14 @@ def test_genuine_multi_task_problem() -> None:
     for i in range(0, geo.NUM_OBJECT_CLASSES, 2):       # table lists same-shape classes in pairs
         assert geo.CLASS_TABLE[i].shape == geo.CLASS_TABLE[i + 1].shape
         assert np.abs(means[i] - means[i + 1]).max() > 0.1
+
+
+def test_subset_keeps_the_dataset_contract_attributes() -> None:
+    from mtl.data import subset
+
+    data = SyntheticScenes("val", size=16, length=6, tasks=["depth_zbuffer", "scene_class"])
+    part = subset(data, 2, 5)
+    assert len(part) == 3
+    assert (part.name, part.tasks, part.task_channels) == (data.name, data.tasks,
+                                                           data.task_channels)
+    assert torch.equal(part[0]["depth_zbuffer"], data[2]["depth_zbuffer"])

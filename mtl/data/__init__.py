@@ -5,7 +5,7 @@ import importlib
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 # name -> (module, class); imported lazily so one broken optional loader never blocks the others.
 DATASETS: dict[str, tuple[str, str]] = {
@@ -36,3 +36,12 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: 
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       generator=generator, num_workers=0)
+
+
+def subset(dataset: Dataset, start: int, stop: int) -> Subset:
+    """Items ``[start, stop)`` of ``dataset``, keeping the dataset contract's attributes
+    (``name``, ``tasks``, ``task_channels``) that a plain Subset would drop."""
+    part = Subset(dataset, range(start, stop))
+    for attr in ("name", "tasks", "task_channels"):
+        setattr(part, attr, getattr(dataset, attr))
+    return part

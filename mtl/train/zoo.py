@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 COMPLETE = "COMPLETE"
 CONFIG = "config.json"
@@ -50,7 +50,7 @@ def dataset_from_config(dataset: Mapping[str, Any], split: str, length: int | No
     the config's size of that split). Scenes render each split; NYUv2 reads its train and val
     folders (val doubles as test, the usual NYUv2 protocol); Taskonomy has no split folders,
     so its samples are cut into disjoint consecutive train / val / test ranges."""
-    from mtl.data import get_dataset
+    from mtl.data import get_dataset, subset
     name = dataset["name"]
     if length is None:
         length = dataset[split]
@@ -68,10 +68,7 @@ def dataset_from_config(dataset: Mapping[str, Any], split: str, length: int | No
     if start + length > len(full):
         raise ValueError(f"dataset.{split}: {length} samples from index {start} requested, but "
                          f"{name} at {dataset['root']!r} has {len(full)}")
-    subset = Subset(full, range(start, start + length))
-    for attr in ("name", "tasks", "task_channels"):  # keep the dataset contract's attributes
-        setattr(subset, attr, getattr(full, attr))
-    return subset
+    return subset(full, start, start + length)
 
 
 def model_from_config(config: Mapping[str, Any], dataset: Dataset) -> torch.nn.Module:

@@ -54,9 +54,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def _dataset(args: argparse.Namespace, tasks: list[str]) -> Any:
-    from torch.utils.data import Subset
-
-    from mtl.data import get_dataset
+    from mtl.data import get_dataset, subset
 
     if args.dataset == "scenes":
         data = get_dataset("scenes", args.split, size=args.size, length=args.n, tasks=tasks)
@@ -65,7 +63,7 @@ def _dataset(args: argparse.Namespace, tasks: list[str]) -> Any:
             raise ValueError(f"--root: required for --dataset {args.dataset}")
         data = get_dataset(args.dataset, args.split, root=args.root, tasks=tasks,
                            size=(args.size, args.size))
-    return Subset(data, range(min(args.n, len(data))))
+    return subset(data, 0, min(args.n, len(data)))
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from mtl.train.progress import KEY_METRICS
 from orchestrator.commands import check_common_args
@@ -95,25 +94,8 @@ def build_config(args: argparse.Namespace) -> Any:
                        sam_shared_only=args.sam_shared_only, adv=adv, sharpness=sharp)
 
 
-class _FirstN(Dataset):
-    """The first `n` items of a dataset, keeping its name/tasks/task_channels attributes."""
-
-    def __init__(self, base: Any, n: int) -> None:
-        self.base, self.n = base, min(n, len(base))
-        self.name, self.tasks = base.name, base.tasks
-        self.task_channels = base.task_channels
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Any:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.base[i]
-
-
 def _datasets(args: argparse.Namespace) -> tuple[Any, Any]:
-    from mtl.data import get_dataset
+    from mtl.data import get_dataset, subset
 
     if args.dataset == "scenes":
         train = get_dataset("scenes", "train", size=args.size, length=args.train_len,
@@ -130,9 +112,9 @@ def _datasets(args: argparse.Namespace) -> tuple[Any, Any]:
         train = get_dataset(args.dataset, "train", root=args.root, tasks=args.tasks, size=size)
         val = get_dataset(args.dataset, "val", root=args.root, tasks=args.tasks, size=size)
     if args.train_len is not None:
-        train = _FirstN(train, args.train_len)
+        train = subset(train, 0, min(args.train_len, len(train)))
     if val is not None and args.val_len is not None:
-        val = _FirstN(val, args.val_len)
+        val = subset(val, 0, min(args.val_len, len(val)))
     return train, val
 
 
