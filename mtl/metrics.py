@@ -36,6 +36,11 @@ def broadcast_mask(mask: Tensor | None, shape: tuple[int, ...], device: torch.de
     return mask.to(device=device, dtype=torch.bool)
 
 
+def _with_channel(x: Tensor) -> Tensor:
+    """[B,H,W] -> [B,1,H,W]; other shapes unchanged (single-channel maps may come either way)."""
+    return x[:, None] if x.dim() == 3 else x
+
+
 def _check_dense(field: str, pred: Tensor, target: Tensor, channels: int | None) -> None:
     if pred.dim() != 4 or pred.shape != target.shape:
         raise ValueError(f"{field}: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
@@ -241,10 +246,7 @@ class DepthMetric(Metric):
         super().__init__()
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
-        if pred.dim() == 3:
-            pred = pred[:, None]
-        if target.dim() == 3:
-            target = target[:, None]
+        pred, target = _with_channel(pred), _with_channel(target)
         _check_dense("depth_zbuffer", pred, target, 1)
         p, t = pred[:, 0].double(), target[:, 0].to(pred.device).double()
         valid = broadcast_mask(mask, tuple(t.shape), pred.device, "depth_zbuffer_mask")
@@ -279,10 +281,7 @@ class L1Metric(Metric):
         super().__init__()
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
-        if pred.dim() == 3:
-            pred = pred[:, None]
-        if target.dim() == 3:
-            target = target[:, None]
+        pred, target = _with_channel(pred), _with_channel(target)
         _check_dense(self.task, pred, target, None)
         t = target.to(pred.device).double()
         valid = broadcast_mask(mask, (t.shape[0], *t.shape[2:]), pred.device, f"{self.task}_mask")
