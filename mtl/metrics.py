@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 import torch
@@ -326,3 +326,35 @@ class AccuracyMetric(Metric):
 
     def compute(self) -> dict[str, float]:
         return {"accuracy": self._ratio("correct", "count")}
+
+
+class DeferredMetric:
+    """A metric built on the first `update` from the prediction's channel count (dim 1).
+
+    For a user's model whose head channels were not declared: the class count a segmentation
+    or classification metric needs is then read from the logits it is given.
+    """
+
+    def __init__(self, factory: Callable[[int], Metric], higher_is_better: Mapping[str, bool]
+                 ) -> None:
+        self.factory = factory
+        self.higher_is_better = higher_is_better
+        self.metric: Metric | None = None
+
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
+        if self.metric is None:
+            if pred.dim() < 2:
+                raise ValueError(f"pred: cannot read a channel count from shape "
+                                 f"{tuple(pred.shape)}; declare the model's out_channels")
+            self.metric = self.factory(int(pred.shape[1]))
+        self.metric.update(pred, target, mask)
+
+    def compute(self) -> dict[str, float]:
+        """The built metric's values; nan for each flagged metric before any update."""
+        if self.metric is None:
+            return {name: math.nan for name in self.higher_is_better}
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        if self.metric is not None:
+            self.metric.reset()

@@ -3,23 +3,29 @@
 Every loss returns a per-sample `Tensor[B]`: the mean over that sample's valid pixels, and 0
 (never NaN, with finite gradients) for a sample without any valid pixel. Attacks (DGBA divides
 by per-sample losses) and training both rely on that shape.
+
+Users add their own tasks with `register_task` (or `task_from_paths` for import paths); the
+six built-in tasks are registered through the same call. `task_names()` lists them all.
 """
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from types import MappingProxyType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtl.metrics import (IGNORE_INDEX, AccuracyMetric, DepthMetric, L1Metric, Metric,
-                         NormalMetric, SegmentationMetric, broadcast_mask)
+from mtl.metrics import (IGNORE_INDEX, AccuracyMetric, DeferredMetric, DepthMetric, L1Metric,
+                         Metric, NormalMetric, SegmentationMetric, broadcast_mask)
+from mtl.plugins import load_object
 
-TASK_NAMES = ("segment_semantic", "depth_zbuffer", "normal", "edge_texture", "keypoints2d",
-              "scene_class")
-CLASSIFICATION_TASKS = ("segment_semantic", "scene_class")
 
 
 def _masked_mean(per_pixel: Tensor, valid: Tensor) -> Tensor:
@@ -92,58 +98,203 @@ class Task:
     kind: str  # "dense" (per-pixel label) or "image" (one label per image)
     default_channels: int | None  # None: the dataset's task_channels decide (class count)
     _loss: Callable[..., Tensor] = field(repr=False, compare=False)
-    _metric: Callable[[int], Metric] = field(repr=False, compare=False)
+    _metric: Callable[..., Metric] = field(repr=False, compare=False)
     higher_is_better: Mapping[str, bool] = field(compare=False)
+    source: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
 
     def loss(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """Per-sample loss `Tensor[B]` (mean over valid pixels; 0 when none is valid)."""
         return self._loss(pred, target, mask)
 
-    def new_metric(self, num_channels: int | None = None) -> Metric:
-        """A fresh accumulator; `num_channels` is the class count for classification tasks."""
-        return self._metric(_channels(self.name, num_channels))
+    def new_metric(self, num_channels: int | None = None, *, infer: bool = False) -> Metric:
+        """A fresh accumulator; `num_channels` is the class count for classification tasks.
+
+        A metric whose constructor takes an argument gets the channel count. With
+        `infer=True` and no count known (a user's model with unknown head channels) the metric
+        is built from the first prediction's channel count (`DeferredMetric`).
+        """
+        if not _takes_count(self._metric):
+            if num_channels is not None:
+                _channels(self.name, num_channels)  # a count that contradicts the task's
+            return _checked_metric(self.name, self._metric())
+        if infer and num_channels is None and self.default_channels is None:
+            return DeferredMetric(lambda c: self.new_metric(c), self.higher_is_better)
+        return _checked_metric(self.name, self._metric(_channels(self.name, num_channels)))
+
+    def compute(self, metric: Any) -> dict[str, float]:
+        """`metric.compute()` as floats; every metric name must have a higher-is-better flag."""
+        values = {str(k): float(v) for k, v in metric.compute().items()}
+        unflagged = sorted(set(values) - set(self.higher_is_better))
+        if unflagged:
+            raise ValueError(f"{self.name}: metric(s) {unflagged} have no higher_is_better flag; "
+                             f"flags: {sorted(self.higher_is_better)} (register_task("
+                             "higher_is_better=...) must cover every metric compute() returns)")
+        return values
 
 
-def _new_seg(c: int) -> Metric:
-    return SegmentationMetric(c)
+_METHODS = ("update", "compute", "reset")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_NAMES = ("image", "mean")
+"""Batch key of the images and the row name of the mean Δ: never task names."""
+
+_REGISTRY: dict[str, Task] = {}
 
 
-_REGISTRY: dict[str, Task] = {
-    "segment_semantic": Task("segment_semantic", "dense", None, segmentation_loss, _new_seg,
-                             SegmentationMetric.higher_is_better),
-    "depth_zbuffer": Task("depth_zbuffer", "dense", 1, _l1_loss("depth_zbuffer"),
-                          lambda c: DepthMetric(), DepthMetric.higher_is_better),
-    "normal": Task("normal", "dense", 3, normal_loss, lambda c: NormalMetric(),
-                   NormalMetric.higher_is_better),
-    "edge_texture": Task("edge_texture", "dense", 1, _l1_loss("edge_texture"),
-                         lambda c: L1Metric("edge_texture"), L1Metric.higher_is_better),
-    "keypoints2d": Task("keypoints2d", "dense", 1, _l1_loss("keypoints2d"),
-                        lambda c: L1Metric("keypoints2d"), L1Metric.higher_is_better),
-    "scene_class": Task("scene_class", "image", None, classification_loss,
-                        lambda c: AccuracyMetric(c), AccuracyMetric.higher_is_better),
-}
+def _takes_count(factory: Callable[..., Any]) -> bool:
+    """True when `factory` (a metric class or function) has a required positional parameter."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in params)
+
+
+def _checked_metric(name: str, metric: Any) -> Any:
+    missing = [m for m in _METHODS if not callable(getattr(metric, m, None))]
+    if missing:
+        raise ValueError(f"{name}: the metric factory made a {type(metric).__name__} without "
+                         f"{missing}; a metric needs update / compute / reset")
+    return metric
+
+
+def _check_definition(name: Any, loss: Any, metric: Any, channels: Any, kind: Any,
+                      flags: Any) -> dict[str, bool]:
+    """One ValueError naming the first bad argument of `register_task`; the flags as a dict."""
+    if not isinstance(name, str) or not _NAME.match(name) or name.endswith("_mask") \
+            or name in RESERVED_NAMES:
+        raise ValueError(f"register_task: name must be an identifier-like string (letters, "
+                         f"digits, _), not ending in '_mask' and not one of {RESERVED_NAMES}; "
+                         f"got {name!r}")
+    if not callable(loss):
+        raise ValueError(f"register_task({name!r}): loss must be callable "
+                         f"(pred, target, mask=None) -> Tensor[B], got {type(loss).__name__}")
+    if not callable(metric) or (isinstance(metric, type) and any(
+            not callable(getattr(metric, m, None)) for m in _METHODS)):
+        raise ValueError(f"register_task({name!r}): metric must be a class (or factory) whose "
+                         f"instances have update / compute / reset, got {metric!r}")
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)
+                                 or channels < 1):
+        raise ValueError(f"register_task({name!r}): channels must be None or an int >= 1, "
+                         f"got {channels!r}")
+    if kind not in ("dense", "image"):
+        raise ValueError(f"register_task({name!r}): kind must be 'dense' or 'image', got {kind!r}")
+    flags = getattr(metric, "higher_is_better", None) if flags is None else flags
+    if not isinstance(flags, Mapping) or not flags or not all(
+            isinstance(k, str) and isinstance(v, bool) for k, v in flags.items()):
+        raise ValueError(f"register_task({name!r}): higher_is_better must be a non-empty mapping "
+                         f"metric name -> bool (pass it, or set it on the metric class); "
+                         f"got {flags!r}")
+    return dict(flags)
+
+
+def register_task(name: str, loss: Callable[..., Tensor], metric: Callable[..., Any], *,
+                  channels: int | None = None, kind: str = "dense",
+                  higher_is_better: Mapping[str, bool] | None = None,
+                  replace: bool = False, _source: tuple[Any, ...] | None = None) -> Task:
+    """Register a task and return it; the built-in six go through here too.
+
+    `loss(pred, target, mask=None) -> Tensor[B]` is per-sample. `metric` is a class or factory
+    of accumulators (update / compute / reset), called with the channel count when it has a
+    required positional parameter, else with none. `higher_is_better` (metric name -> bool,
+    default: the metric's class attribute) must cover every metric `compute()` returns (checked
+    when metrics are computed). `kind`: "dense" (label per pixel) or "image" (per image);
+    `channels`: the head's output channels, None when the dataset decides (a class count).
+    Registering the same definition again returns the registered task; a different one under
+    a taken name needs `replace=True` (built-in tasks cannot be replaced).
+    """
+    flags = _check_definition(name, loss, metric, channels, kind, higher_is_better)
+    task = Task(name, kind, channels, loss, metric, MappingProxyType(flags), _source)
+    old = _REGISTRY.get(name)
+    if old is not None and _same(old, task):
+        return old
+    if old is not None and (not replace or name in TASK_NAMES):
+        why = "a built-in task cannot be replaced" if name in TASK_NAMES \
+            else "pass replace=True to redefine it"
+        raise ValueError(f"register_task: {name!r} is already registered with a different "
+                         f"definition; {why}")
+    _REGISTRY[name] = task
+    return task
+
+
+def _same(a: Task, b: Task) -> bool:
+    if (a.kind, a.default_channels, dict(a.higher_is_better)) != \
+            (b.kind, b.default_channels, dict(b.higher_is_better)):
+        return False
+    if a.source is not None and a.source == b.source:
+        return True
+    return a._loss is b._loss and a._metric is b._metric
+
+
+def task_from_paths(name: str, loss: str, metric: str, *, channels: int | None = None,
+                    kind: str = "dense", higher_is_better: Mapping[str, bool] | None = None,
+                    replace: bool = False) -> Task:
+    """Register a task whose loss and metric are import paths ``"package.module:attribute"``.
+
+    Idempotent: the same paths under the same name return the registered task (trials in one
+    worker register repeatedly); a different definition is an error unless `replace=True`.
+    """
+    source = ("paths", loss, metric)
+    old = _REGISTRY.get(name)
+    if old is not None and old.source == source and not replace:
+        return register_task(name, old._loss, old._metric, channels=channels, kind=kind,
+                             higher_is_better=higher_is_better, _source=source)
+    return register_task(name, load_object(loss, f"task {name!r} loss"),
+                         load_object(metric, f"task {name!r} metric"), channels=channels,
+                         kind=kind, higher_is_better=higher_is_better, replace=replace,
+                         _source=source)
+
+
+def task_names() -> tuple[str, ...]:
+    """Every registered task name, the built-in ones first."""
+    return tuple(_REGISTRY)
 
 
 def get_task(name: str) -> Task:
     """The registered task `name`."""
     if name not in _REGISTRY:
-        raise ValueError(f"task: unknown name {name!r}; allowed: {', '.join(TASK_NAMES)}")
+        raise ValueError(f"task: unknown name {name!r}; allowed: {', '.join(_REGISTRY)} "
+                         "(register your own with mtl.tasks.register_task)")
     return _REGISTRY[name]
 
 
-def _channels(name: str, num_channels: int | None = None) -> int:
-    """Output channels for `name`: the fixed count of a regression task, or the given class count.
+def _seg_metric(num_classes: int) -> Metric:
+    return SegmentationMetric(num_classes)
 
-    Classification tasks have no universal class count, so `num_channels` is required for them
-    (take it from the dataset's `task_channels`); for the others it must be None or agree.
+
+def _accuracy_metric(num_classes: int) -> Metric:
+    return AccuracyMetric(num_classes)
+
+
+TASK_NAMES: tuple[str, ...] = ()  # set right below, once the built-ins are registered
+register_task("segment_semantic", segmentation_loss, _seg_metric,
+              higher_is_better=SegmentationMetric.higher_is_better)
+register_task("depth_zbuffer", _l1_loss("depth_zbuffer"), DepthMetric, channels=1)
+register_task("normal", normal_loss, NormalMetric, channels=3)
+for _name in ("edge_texture", "keypoints2d"):
+    register_task(_name, _l1_loss(_name), partial(L1Metric, _name), channels=1,
+                  higher_is_better=L1Metric.higher_is_better)
+register_task("scene_class", classification_loss, _accuracy_metric, kind="image",
+              higher_is_better=AccuracyMetric.higher_is_better)
+TASK_NAMES = task_names()
+"""The six BUILT-IN task names only (for code written before `register_task`); use
+`task_names()` for every registered task."""
+
+
+def _channels(name: str, num_channels: int | None = None) -> int:
+    """Output channels for `name`: the task's fixed count, or the given (class) count.
+
+    Tasks whose dataset decides (segmentation, scene classes, custom tasks with channels=None)
+    need `num_channels` (take it from the dataset's `task_channels`); for the others it must be
+    None or agree.
     """
     task = get_task(name)
     if task.default_channels is None:
         if num_channels is None:
-            raise ValueError(f"{name}: has no default channel count (it is the number of classes); "
-                             "pass it from the dataset's task_channels")
-        if not isinstance(num_channels, int) or isinstance(num_channels, bool) or num_channels < 2:
-            raise ValueError(f"{name}: number of classes must be an int >= 2, got {num_channels!r}")
+            raise ValueError(f"{name}: has no default channel count (the dataset decides, e.g. "
+                             "the number of classes); pass it from the dataset's task_channels")
+        if not isinstance(num_channels, int) or isinstance(num_channels, bool) or num_channels < 1:
+            raise ValueError(f"{name}: channels must be an int >= 1, got {num_channels!r}")
         return num_channels
     if num_channels is not None and num_channels != task.default_channels:
         raise ValueError(f"{name}: channels must be {task.default_channels}, got {num_channels!r}")
@@ -153,6 +304,13 @@ def _channels(name: str, num_channels: int | None = None) -> int:
 def default_channels(name: str, num_classes: int | None = None) -> int:
     """1 for depth/edges/keypoints, 3 for normals; the given class count for classification."""
     return _channels(name, num_classes)
+
+
+def new_metrics(tasks: Sequence[str], out_channels: Mapping[str, int | None]
+                ) -> dict[str, Metric]:
+    """Fresh accumulators for `tasks`; a count missing from `out_channels` (a user's model
+    without declared head channels) is read from the first prediction."""
+    return {t: get_task(t).new_metric(out_channels.get(t), infer=True) for t in tasks}
 
 
 def task_loss(name: str, pred: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
@@ -194,7 +352,7 @@ def _flag(task: str, metric: str,
         flat = override.get(metric)
         if isinstance(flat, bool):
             return flat
-    flags = _REGISTRY[task].higher_is_better if task in _REGISTRY else {}
+    flags = _REGISTRY[task].higher_is_better if task in _REGISTRY else {}  # registered tasks
     if metric not in flags:
         known = sorted(flags) if flags else "none (unknown task)"
         raise ValueError(f"higher_is_better: no flag for metric {metric!r} of task {task!r}; "
