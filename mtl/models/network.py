@@ -33,7 +33,7 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def _check_tasks(tasks: Any) -> tuple[str, ...]:
-    allowed = task_registry.TASK_NAMES
+    allowed = task_registry.task_names()
     if isinstance(tasks, str) or not isinstance(tasks, Sequence) or not tasks:
         raise ValueError(f"tasks: expected a non-empty list of task names from {list(allowed)}, "
                          f"got {tasks!r}")
@@ -48,7 +48,8 @@ def _check_tasks(tasks: Any) -> tuple[str, ...]:
 def resolve_out_channels(tasks: Sequence[str], out_channels: Mapping[str, int] | None
                          ) -> dict[str, int]:
     """Head output channels per task: explicit values (checked by the task registry), else
-    the registry defaults (classification tasks have none: their class count must be given).
+    the registry defaults (tasks registered with channels=None, e.g. classification, have
+    none: their count must be given).
 
     `out_channels` may hold more tasks than the model uses (e.g. a dataset's `task_channels`),
     but every key must be a known task name and every value a positive integer.
@@ -57,7 +58,7 @@ def resolve_out_channels(tasks: Sequence[str], out_channels: Mapping[str, int] |
     if not isinstance(given, Mapping):
         raise ValueError(f"out_channels: expected a mapping task -> channels or None, "
                          f"got {type(given).__name__}")
-    allowed = task_registry.TASK_NAMES
+    allowed = task_registry.task_names()
     for name in given:
         if name not in allowed:
             raise ValueError(f"out_channels: unknown task {name!r}; allowed: {list(allowed)}")
@@ -76,6 +77,7 @@ def resolve_out_channels(tasks: Sequence[str], out_channels: Mapping[str, int] |
 class MultiTaskNet(nn.Module):
     """Normalisation, a 5-block ResNet-style backbone shared per `layout`, one head per task.
 
+    Any registered task works: its head is dense or pooled after the registry's `kind`.
     Outputs: dense tasks `[B, C, H, W]` at input resolution, `scene_class` `[B, K]` logits;
     `normal` is not normalised (its loss and metric normalise).
     """

@@ -10,11 +10,13 @@ steps) or a fixed convex combination (`weighted`: clean with `clean_weight`, adv
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from mtl.models.task_model import as_task_model
+from mtl.tasks import task_names
 from mtl.train.fields import from_mapping
 
 Batch = dict[str, torch.Tensor]
@@ -22,12 +24,6 @@ Batch = dict[str, torch.Tensor]
 ADV_METHODS = ("fgsm", "pgd")
 ADV_MIXES = ("alternate", "weighted")
 _OBJECTIVES_TEXT = "total, dgba, single:<task>"
-
-
-def _task_names() -> tuple[str, ...]:
-    from mtl.tasks import TASK_NAMES  # late: the registry is only needed to check single:<task>
-
-    return tuple(TASK_NAMES)
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,7 @@ class AdvTrainConfig:
         if not isinstance(obj, str):
             raise ValueError(f"adv.objective: must be one of {_OBJECTIVES_TEXT}, got {obj!r}")
         if obj.startswith("single:"):
-            names = _task_names()
+            names = task_names()
             if obj[len("single:"):] not in names:
                 raise ValueError(f"adv.objective: unknown task in {obj!r}; allowed: "
                                  + ", ".join(f"single:{t}" for t in names))
@@ -89,7 +85,7 @@ class AdvTrainConfig:
 
             try:
                 validate_attack(self.method, self.objective, float(self.eps), self.steps,
-                                self.options)
+                                self.options, task_names())
             except ValueError as err:
                 raise ValueError(f"adv.options: {err}") from None
 
@@ -109,13 +105,16 @@ class AdvTrainConfig:
         return from_mapping(cls, data, "adv")
 
 
-def craft_adversarial(model: nn.Module, batch: Batch, cfg: AdvTrainConfig) -> Batch:
+def craft_adversarial(model: nn.Module, batch: Batch, cfg: AdvTrainConfig, *,
+                      tasks: Sequence[str] | None = None) -> Batch:
     """A copy of `batch` whose image is replaced by an adversarial one (detached).
 
-    The model's train/eval mode is the same after the call as before it.
+    The model's train/eval mode is the same after the call as before it. `tasks` names the
+    tasks of a model without a `tasks` attribute (see `as_task_model`).
     """
     from mtl.attacks import attack  # late import: mtl.train must not need attacks to load
 
+    model = as_task_model(model, tasks)
     was_training = model.training
     steps = 1 if cfg.method == "fgsm" else cfg.steps
     options = dict(cfg.options)
@@ -133,15 +132,18 @@ def craft_adversarial(model: nn.Module, batch: Batch, cfg: AdvTrainConfig) -> Ba
 
 
 def training_batches(model: nn.Module, batch: Batch, cfg: AdvTrainConfig | None,
-                     step: int) -> list[tuple[Batch, float]]:
+                     step: int, *, tasks: Sequence[str] | None = None
+                     ) -> list[tuple[Batch, float]]:
     """The (batch, weight) pairs that training step `step` (0-based, global) optimises.
 
     No adversarial training: `[(batch, 1.0)]`. `alternate`: the clean batch on even steps and
     the adversarial batch on odd steps. `weighted`: `[(clean, w), (adv, 1 - w)]`, dropping an
-    entry whose weight is 0 (so no attack is crafted when w = 1).
+    entry whose weight is 0 (so no attack is crafted when w = 1). `tasks`: as for
+    `craft_adversarial`.
     """
     if cfg is None:
         return [(batch, 1.0)]
+    model = as_task_model(model, tasks)
     if cfg.mix == "alternate":
         if step % 2 == 0:
             return [(batch, 1.0)]

@@ -23,6 +23,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from mtl.models.outputs import task_outputs
+from mtl.models.task_model import as_task_model
+from mtl.tasks import task_loss
 from mtl.train.fields import from_mapping
 
 LossFn = Callable[[], torch.Tensor]
@@ -224,16 +227,17 @@ def _subset_batch(dataset: Any, num_samples: int, seed: int) -> dict[str, torch.
 
 def measure_sharpness(model: nn.Module, dataset: Any, cfg: SharpnessConfig, *,
                       loss_weights: Mapping[str, float] | None = None,
-                      device: torch.device | str | None = None) -> dict[str, float]:
+                      device: torch.device | str | None = None,
+                      tasks: Sequence[str] | None = None) -> dict[str, float]:
     """λ_max, Hessian trace and SAM-sharpness of the weighted multi-task training loss.
 
     The subset is `cfg.num_samples` items of `dataset` drawn with `cfg.seed` (the same items at
     every checkpoint). Returns `{"subset_loss", "lambda_max", "sam_sharpness"}` plus
     `"hessian_trace"` when `cfg.hutchinson_samples > 0`.
-    The model's train/eval mode is restored afterwards.
+    The model's train/eval mode is restored afterwards. `tasks` names the tasks of a model
+    without a `tasks` attribute (see `as_task_model`).
     """
-    from mtl.tasks import task_loss  # late: the registry is only needed for real models
-
+    model = as_task_model(model, tasks)
     if device is None:
         device = next(model.parameters()).device
     tasks = list(model.tasks)
@@ -241,7 +245,7 @@ def measure_sharpness(model: nn.Module, dataset: Any, cfg: SharpnessConfig, *,
     batch = {k: v.to(device) for k, v in _subset_batch(dataset, cfg.num_samples, cfg.seed).items()}
 
     def loss_fn() -> torch.Tensor:
-        preds = model(batch["image"])
+        preds = task_outputs(model, batch["image"], tasks)
         return sum(weights[t] * task_loss(t, preds[t], batch).mean() for t in tasks)
 
     was_training = model.training

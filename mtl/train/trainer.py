@@ -26,11 +26,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from mtl.models.outputs import task_outputs
+from mtl.models.task_model import as_task_model, unwrap
+from mtl.tasks import get_task, new_metrics, task_loss
 from mtl.train.adversarial import training_batches
 from mtl.train.checkpoints import save_checkpoint
 from mtl.train.config import TrainConfig
@@ -67,38 +70,43 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def weighted_task_loss(model: nn.Module, batch: Batch, weights: Mapping[str, float]
+def weighted_task_loss(model: nn.Module, batch: Batch, weights: Mapping[str, float], *,
+                       tasks: Sequence[str] | None = None
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(Σ_t w_t · mean L_t, {t: mean L_t}) over the tasks with a non-zero weight."""
-    from mtl.tasks import task_loss
+    """(Σ_t w_t · mean L_t, {t: mean L_t}) over the tasks with a non-zero weight.
 
+    `tasks` names the tasks of a model without a `tasks` attribute (see `as_task_model`)."""
+    model = as_task_model(model, tasks)
     tasks = [t for t in model.tasks if weights[t] != 0.0]
-    preds = model(batch["image"], tasks=tasks)
+    preds = task_outputs(model, batch["image"], tasks)
     parts = {t: task_loss(t, preds[t], batch).mean() for t in tasks}
     total = sum(weights[t] * parts[t] for t in tasks)
     return total, parts
 
 
 def evaluate_metrics(model: nn.Module, dataset: Any, batch_size: int,
-                     device: torch.device) -> dict[str, float]:
-    """`{"val/<task>/<metric>": value}` over `dataset` with the registry's accumulators."""
-    from mtl.data import make_loader
-    from mtl.tasks import get_task
+                     device: torch.device, *, tasks: Sequence[str] | None = None
+                     ) -> dict[str, float]:
+    """`{"val/<task>/<metric>": value}` over `dataset` with the registry's accumulators.
 
-    metrics = {t: get_task(t).new_metric(model.out_channels[t]) for t in model.tasks}
+    `tasks` names the tasks of a model without a `tasks` attribute (see `as_task_model`)."""
+    from mtl.data import make_loader
+
+    model = as_task_model(model, tasks, getattr(dataset, "task_channels", None))
+    metrics = new_metrics(model.tasks, model.out_channels)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for batch in make_loader(dataset, batch_size):
                 batch = {k: v.to(device) for k, v in batch.items()}
-                preds = model(batch["image"])
+                preds = task_outputs(model, batch["image"], model.tasks)
                 for t, m in metrics.items():
                     m.update(preds[t], batch[t], batch.get(f"{t}_mask"))
     finally:
         model.train(was_training)
-    return {f"val/{t}/{name}": float(v) for t, m in metrics.items()
-            for name, v in m.compute().items()}
+    return {f"val/{t}/{name}": v for t, m in metrics.items()
+            for name, v in get_task(t).compute(m).items()}
 
 
 def _check_inputs(model: nn.Module, train_set: Any, config: TrainConfig, val_set: Any,
@@ -114,7 +122,8 @@ def _check_inputs(model: nn.Module, train_set: Any, config: TrainConfig, val_set
         raise ValueError(f"loss_weights: unknown task(s) {unknown}; allowed: {', '.join(tasks)}")
     if all(config.weight(t) == 0 for t in tasks):
         raise ValueError("loss_weights: at least one of the model's tasks needs a weight > 0")
-    if config.rho > 0 and config.sam_shared_only and not hasattr(model, "shared_parameters"):
+    if config.rho > 0 and config.sam_shared_only \
+            and not hasattr(unwrap(model), "shared_parameters"):
         raise ValueError("sam_shared_only: the model has no shared_parameters(); use false")
     if config.adv is not None and config.adv.task() not in (None, *tasks):
         raise ValueError(f"adv.objective: {config.adv.objective!r} attacks a task the model "
@@ -171,10 +180,19 @@ def _set_rng_state(rng: Mapping[str, Any], loader: Any, device: torch.device) ->
 def train(model: nn.Module, train_set: Any, config: TrainConfig, *, val_set: Any = None,
           checkpoint_dir: str | os.PathLike | None = None, callback: Callback | None = None,
           resume_state: Mapping[str, Any] | None = None, progress: bool = True,
-          device: torch.device | str | None = None) -> TrainResult:
-    """Train `model` on `train_set` under `config`; see the module docstring for the records."""
+          device: torch.device | str | None = None, tasks: Sequence[str] | None = None,
+          out_channels: Mapping[str, int | None] | None = None) -> TrainResult:
+    """Train `model` on `train_set` under `config`; see the module docstring for the records.
+
+    `model` is the built-in network or any module whose `forward(x)` returns {task: tensor};
+    for one without a `tasks` attribute pass `tasks=` (and `out_channels=` for heads whose
+    channel count neither the registry nor `train_set.task_channels` gives). Training updates
+    `model`'s own parameters in place; checkpoints hold its own state_dict keys.
+    """
     from mtl.data import make_loader
 
+    model = as_task_model(model, tasks, out_channels if out_channels is not None
+                          else getattr(train_set, "task_channels", None))
     _check_inputs(model, train_set, config, val_set, checkpoint_dir, resume_state)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
