@@ -35,7 +35,7 @@ def test_checkpoints_follow_the_paper_schedule():
 def run_apgd(model, batch, objective="dgba", steps=20, **options) -> tuple[APGD, torch.Tensor]:
     obj = OBJECTIVES[objective]
     ctx = AttackContext(model, batch, TASKS, batch["image"], 8 / 255,
-                        {**obj.options}).prepare()
+                        {**obj.defaults}).prepare()
     runner = APGD(obj, 8 / 255, steps, **options)
     with torch.enable_grad():
         adv = runner(ctx)

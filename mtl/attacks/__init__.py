@@ -1,70 +1,30 @@
 """Attack library: objectives (SINGLE / TOTAL / SignSum / DGBA / MINMAX) x methods (FGSM /
-PGD (I-FGSM) / MI-FGSM / APGD) on one shared loop. Entry point: `attack(...)`.
+PGD (I-FGSM) / MI-FGSM / APGD) on one shared loop. Entry points: `attack(...)` and `Attack`.
 
-Attacks run in pixel space ([0, 1], the model normalises), L-inf budget `eps` in 1/255 units.
+Attacks run in pixel space ([0, 1], the model normalises), L-inf budget `eps` in 1/255 units,
+on any model whose `forward(x)` returns a mapping task -> tensor. A new objective or method is
+one file that calls `register_objective` / `register_method`; the built-ins, imported below,
+register themselves the same way.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-import torch
-from torch import Tensor, nn
-
-from mtl.attacks.objectives import AttackContext
-from mtl.attacks.registry import (METHODS, OBJECTIVES, available_objectives, canonical_method,
-                                  split_objective, validate_attack)
+# Built-ins register themselves on import (objectives first: the registry keeps their order).
+from mtl.attacks import objectives, dgba, minmax  # noqa: F401  isort: skip
+from mtl.attacks import fgsm, pgd, mifgsm, apgd  # noqa: F401  isort: skip
+from mtl.attacks.attack_fn import attack
+from mtl.attacks.attack_object import Attack
+from mtl.attacks.base import AttackMethod
+from mtl.attacks.inputs import attacked_tasks
+from mtl.attacks.objective import Objective
+from mtl.attacks.options import Option
+from mtl.attacks.registry import (METHODS, OBJECTIVES, available_objectives, method_names,
+                                  objective_names, register_method, register_objective,
+                                  validate_attack)
 from mtl.attacks.spec import AttackSpec
 
-__all__ = ["attack", "AttackSpec", "METHODS", "OBJECTIVES", "available_objectives",
-           "attack_tasks"]
+__all__ = ["Attack", "AttackMethod", "AttackSpec", "METHODS", "OBJECTIVES", "Objective",
+           "Option", "attack", "attack_tasks", "available_objectives", "method_names",
+           "objective_names", "register_method", "register_objective", "validate_attack"]
 
 
-def attack_tasks(model: nn.Module, batch: Mapping[str, Tensor], objective: str) -> tuple[str, ...]:
-    """Tasks an objective attacks: its one task for `single:<task>`, else the model's tasks
-    that have labels in the batch (in model order)."""
-    kind, task = split_objective(objective)
-    if kind == "single":
-        return (task,)
-    return tuple(t for t in model.tasks if t in batch)
-
-
-def attack(model: nn.Module, batch: Mapping[str, Tensor], *, method: str, objective: str,
-           eps: float, steps: int = 10, **options: Any) -> Tensor:
-    """Adversarial images for `batch["image"]` (same shape, in [0, 1], within eps/255 in L-inf).
-
-    The model is put in eval mode for crafting and every module's mode is restored after;
-    gradients are taken w.r.t. the input only (parameters' grads and flags are untouched).
-    Raises one ValueError for an unknown method / objective / task, eps < 0, steps < 1 or an
-    unknown option, before any work.
-    """
-    model_tasks = tuple(getattr(model, "tasks", ()))
-    validate_attack(method, objective, eps, steps, options, model_tasks)
-    if "image" not in batch:
-        raise ValueError(f"batch: needs key 'image'; got keys {sorted(batch)}")
-    tasks = attack_tasks(model, batch, objective)
-    missing = [t for t in tasks if t not in batch]
-    if missing or not tasks:
-        raise ValueError(f"batch: no labels for task(s) {missing or list(model_tasks)}; "
-                         f"objective {objective!r} needs labels for {list(tasks or model_tasks)}")
-    device = next(model.parameters()).device
-    image = batch["image"]
-    moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-    kind, _ = split_objective(objective)
-    obj = OBJECTIVES[kind]
-    runner = METHODS[canonical_method(method)](obj, float(eps) / 255.0, steps, **{
-        k: v for k, v in options.items() if k in METHODS[canonical_method(method)].defaults})
-    obj_options = {k: v for k, v in options.items() if k in obj.options}
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.enable_grad():
-            ctx = AttackContext(model, moved, tasks, moved["image"].detach(),
-                                float(eps) / 255.0, {**obj.options, **obj_options})
-            if obj.needs_clean:
-                ctx.prepare()  # one clean forward for the relative-change objectives
-            adv = runner(ctx)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-    return adv.to(device=image.device, dtype=image.dtype)
+attack_tasks = attacked_tasks  # the earlier name

@@ -17,13 +17,15 @@ Options: momentum (default 0.75), rho (default 0.75), per_sample (default True),
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import torch
 from torch import Tensor
 
-from mtl.attacks.base import Attack
-from mtl.attacks.objectives import AttackContext
+from mtl.attacks.base import RANDOM_START, SEED, AttackMethod
+from mtl.attacks.context import AttackContext
+from mtl.attacks.options import Option, flag, number
+from mtl.attacks.registry import register_method
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -42,12 +44,13 @@ def _rows(mask: Tensor, like: Tensor) -> Tensor:
     return mask.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-class APGD(Attack):
+class APGD(AttackMethod):
     """Auto-PGD with per-sample step-size control and best-iterate return."""
 
     name: ClassVar[str] = "apgd"
-    defaults: ClassVar[Mapping[str, Any]] = {"momentum": 0.75, "rho": 0.75, "per_sample": True,
-                                             "random_start": False, "seed": 0}
+    option_specs: ClassVar[Mapping[str, Option]] = {
+        "momentum": number(0.75, 0, 1), "rho": number(0.75, 0, 1), "per_sample": flag(True),
+        "random_start": RANDOM_START, "seed": SEED}
 
     def start(self, ctx: AttackContext, delta: Tensor) -> None:
         B = delta.shape[0]
@@ -113,3 +116,6 @@ class APGD(Attack):
     def history_(self) -> Tensor:
         """Objective values of every iterate, [steps + 1, B] (after a call)."""
         return torch.stack(self.history)
+
+
+register_method(APGD)

@@ -1,9 +1,10 @@
 """The shared attack loop (a TransferAttack-style template).
 
-`Attack.__call__` is fixed: init delta (optional random start) -> for each step: objective
+`AttackMethod.__call__` is fixed: init delta (optional random start) -> for each step: objective
 direction at x0 + delta -> `observe` hook -> `update` (the step) -> project onto the eps-ball and
 the [0, 1] box. Methods override small hooks only (`init_delta`, `start`, `observe`, `update`,
-`finish`), so every method x objective pair shares one projection and one stopping rule.
+`finish`), so every method x objective pair shares one projection and one stopping rule. A new
+method is one file: a subclass declaring `name` and `option_specs`, and `register_method(cls)`.
 """
 from __future__ import annotations
 
@@ -13,24 +14,46 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mtl.attacks.dgba import solve_box_lp
-from mtl.attacks.objectives import AttackContext, Objective
+from mtl.attacks.context import AttackContext
+from mtl.attacks.lp import solve_box_lp
+from mtl.attacks.objective import Objective
+from mtl.attacks.options import Option, defaults_of, flag, integer, number, option_problems
+
+# Options the shared hooks below read; methods that offer them list them in `option_specs`.
+ALPHA = number(None, positive=True, none_ok=True, unit=" (1/255 units)")  # step size
+RANDOM_START = flag(False)  # uniform start in the eps-ball (Madry et al.)
+SEED = integer(0)  # seed of the random start
 
 
-class Attack:
+class AttackMethod:
     """Base class of the methods. `eps` is in pixel units here (the public API takes 1/255).
 
-    Subclasses declare `name`, `defaults` (option name -> default value) and override hooks.
+    Subclasses declare `name`, `option_specs` (option name -> `Option`: default and check) and
+    override hooks; `defaults` (option name -> default) is derived from `option_specs`.
     """
 
     name: ClassVar[str] = "base"
+    option_specs: ClassVar[Mapping[str, Option]] = {}
     defaults: ClassVar[Mapping[str, Any]] = {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.defaults = defaults_of(cls.option_specs)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[str]:
+        """Problems with the values of this method's options in `options` (override to add
+        rules that tie several options together)."""
+        return option_problems(cls.option_specs, options)
+
     def __init__(self, objective: Objective, eps: float, steps: int = 10, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.defaults))
+        unknown = sorted(set(options) - set(self.option_specs))
+        problems = self.check_options(options)
         if unknown:
-            raise ValueError(f"options: unknown key(s) {unknown} for method {self.name!r}; "
-                             f"allowed: {sorted(self.defaults)}")
+            problems.insert(0, f"options: unknown key(s) {unknown} for method {self.name!r}; "
+                               f"allowed: {sorted(self.option_specs)}")
+        if problems:
+            raise ValueError("; ".join(problems))
         self.objective = objective
         self.eps = float(eps)
         self.steps = int(steps)

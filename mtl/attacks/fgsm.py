@@ -7,16 +7,18 @@ Arguments (via `mtl.attacks.attack`): eps (1/255 units). Options: none.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
-from mtl.attacks.base import Attack
+from mtl.attacks.base import AttackMethod
+from mtl.attacks.options import Option
+from mtl.attacks.registry import register_method
 
 
-class FGSM(Attack):
+class FGSM(AttackMethod):
     """Fast Gradient Sign Method: one exact LP step of size eps."""
 
     name: ClassVar[str] = "fgsm"
-    defaults: ClassVar[Mapping[str, Any]] = {}
+    option_specs: ClassVar[Mapping[str, Option]] = {}
 
     @property
     def num_steps(self) -> int:
@@ -24,3 +26,6 @@ class FGSM(Attack):
 
     def step_size(self, k: int) -> float:
         return self.eps
+
+
+register_method(FGSM)

@@ -8,21 +8,24 @@ Options: decay (mu, default 1.0), alpha (1/255 units; default eps / steps), rand
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import torch
 from torch import Tensor
 
-from mtl.attacks.base import Attack
-from mtl.attacks.objectives import AttackContext
+from mtl.attacks.base import ALPHA, RANDOM_START, SEED, AttackMethod
+from mtl.attacks.context import AttackContext
+from mtl.attacks.options import Option, number
+from mtl.attacks.registry import register_method
 
 
-class MIFGSM(Attack):
+class MIFGSM(AttackMethod):
     """Momentum iterative FGSM on L1-normalised directions."""
 
     name: ClassVar[str] = "mifgsm"
-    defaults: ClassVar[Mapping[str, Any]] = {"decay": 1.0, "alpha": None, "random_start": False,
-                                             "seed": 0}
+    option_specs: ClassVar[Mapping[str, Option]] = {
+        "decay": number(1.0, minimum=0), "alpha": ALPHA, "random_start": RANDOM_START,
+        "seed": SEED}
 
     def start(self, ctx: AttackContext, delta: Tensor) -> None:
         self.momentum = torch.zeros_like(delta)
@@ -32,3 +35,6 @@ class MIFGSM(Attack):
         self.momentum = float(self.options["decay"]) * self.momentum + c / norm.reshape(
             (-1,) + (1,) * (c.dim() - 1))
         return self.lp_step(ctx, delta, self.momentum, self.step_size(k))
+
+
+register_method(MIFGSM)

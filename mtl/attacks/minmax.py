@@ -19,6 +19,7 @@ intersected with the [0, 1] pixel box, so asymmetric). Two solvers:
   delta = hi where v > 0, lo where v < 0.
 
 The direction returned to the method is that LP solution delta (its sign is the step).
+Registers the objective `minmax` (options: denominator, solver, dual_iters).
 """
 from __future__ import annotations
 
@@ -27,7 +28,12 @@ import itertools
 import torch
 from torch import Tensor
 
-from mtl.attacks.objectives import LOSS_FLOOR, AttackContext, forward_losses, relative_changes
+from mtl.attacks.context import LOSS_FLOOR, AttackContext, forward_losses, relative_changes
+from mtl.attacks.dgba import DENOMINATOR
+from mtl.attacks.lp import cbc, require_optimal
+from mtl.attacks.objective import Objective
+from mtl.attacks.options import choice, integer
+from mtl.attacks.registry import register_objective
 
 MINMAX_SOLVERS = ("auto", "fast", "pulp")
 AUTO_PULP_MAX_DIM = 256  # 'auto' uses CBC only when a sample has at most this many coordinates
@@ -134,8 +140,6 @@ def solve_minmax_lp(G: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """Exact LP per sample with pulp + CBC: returns (delta [B, n], optimum value [B])."""
     import pulp
 
-    from mtl.attacks.dgba import _cbc, _pulp_optimal
-
     deltas, values = [], []
     for b in range(G.shape[0]):
         Gb = G[b].double().cpu().tolist()
@@ -146,8 +150,8 @@ def solve_minmax_lp(G: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         problem += z
         for t, row in enumerate(Gb):
             problem += (pulp.LpAffineExpression(list(zip(xs, row))) - z >= 0, f"task{t}")
-        problem.solve(_cbc())
-        _pulp_optimal(problem)
+        problem.solve(cbc())
+        require_optimal(problem)
         deltas.append([x.varValue if x.varValue is not None else min(max(0.0, l), h)
                        for x, l, h in zip(xs, lb, hb)])
         values.append(z.varValue)
@@ -180,5 +184,16 @@ def minmax_direction(ctx: AttackContext, x: Tensor) -> tuple[Tensor, Tensor]:
     else:
         w, _ = solve_minmax_dual(G, lo, hi, iters=int(ctx.options.get("dual_iters", 100)))
         step = primal_from_dual(w, G, lo, hi)
-    value = relative_changes(losses.detach(), ctx.clean_losses).amin(0)
+    value = _worst_relative_change(losses.detach(), ctx.clean_losses)
     return step.to(x.dtype).reshape(x.shape), value
+
+
+def _worst_relative_change(losses: Tensor, clean_losses: Tensor) -> Tensor:
+    """The MINMAX value: the worst (smallest) task's relative loss change, per sample [B]."""
+    return relative_changes(losses, clean_losses).amin(0)
+
+
+register_objective(Objective(
+    "minmax", minmax_direction, _worst_relative_change, backward_passes="T",
+    option_specs={"denominator": DENOMINATOR, "solver": choice("auto", MINMAX_SOLVERS),
+                  "dual_iters": integer(100, minimum=1)}))

@@ -11,13 +11,19 @@ Alias: 'ifgsm'.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
-from mtl.attacks.base import Attack
+from mtl.attacks.base import ALPHA, RANDOM_START, SEED, AttackMethod
+from mtl.attacks.options import Option
+from mtl.attacks.registry import register_method
 
 
-class PGD(Attack):
+class PGD(AttackMethod):
     """Projected gradient (sign) ascent: I-FGSM without random start, PGD with it."""
 
     name: ClassVar[str] = "pgd"
-    defaults: ClassVar[Mapping[str, Any]] = {"alpha": None, "random_start": False, "seed": 0}
+    option_specs: ClassVar[Mapping[str, Option]] = {"alpha": ALPHA, "random_start": RANDOM_START,
+                                                    "seed": SEED}
+
+
+register_method(PGD, aliases=("ifgsm",))
