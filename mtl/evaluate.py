@@ -5,6 +5,10 @@ rel_change` (+ `target_id` for transfer), see docs/internals.md. Per task, a row
 `metric="delta"` carries Delta_t (clean/adv None) and `task="mean", metric="delta"` the mean over
 tasks; the RFN transfer success rate is `task="scene_class", metric="success_rate"` (value in
 `adv`). Metrics accumulate over the whole loader (LibMTL style), then Delta follows from them.
+
+Models: the built-in network or any module whose `forward(x)` returns {task: tensor}; one
+without a `tasks` attribute needs `tasks=` (its task names) and is wrapped by `as_task_model`
+(metrics whose class count it does not declare read it from the first prediction).
 """
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from mtl.attacks import AttackSpec, attack
-from mtl.tasks import get_task, metric_relative_change, relative_change
+from mtl.models.outputs import task_outputs
+from mtl.models.task_model import as_task_model
+from mtl.tasks import get_task, metric_relative_change, new_metrics, relative_change
 
 Rows = list[dict[str, Any]]
 SUCCESS_TASK = "scene_class"
@@ -28,6 +34,12 @@ def _device(model: nn.Module) -> torch.device:
 
 def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+
+
+def _task_model(model: nn.Module, tasks: Sequence[str] | None) -> nn.Module:
+    """`model` with `tasks` / `out_channels`; `tasks` names a plain model's tasks only (for a
+    model that has them, `tasks` selects what to score, see `_eval_tasks`)."""
+    return as_task_model(model, None if getattr(model, "tasks", None) is not None else tasks)
 
 
 def _eval_tasks(model: nn.Module, batch: Mapping[str, Any], tasks: Sequence[str] | None
@@ -48,14 +60,14 @@ class _Scorer:
 
     def __init__(self, model: nn.Module, tasks: Sequence[str]) -> None:
         self.model, self.tasks = model, tuple(tasks)
-        self.metrics = {t: get_task(t).new_metric(model.out_channels[t]) for t in self.tasks}
+        self.metrics = new_metrics(self.tasks, model.out_channels)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> dict[str, Tensor]:
         modes = {m: m.training for m in self.model.modules()}
         self.model.eval()
         try:
-            return self.model(images.to(_device(self.model)), tasks=list(self.tasks))
+            return task_outputs(self.model, images.to(_device(self.model)), self.tasks)
         finally:
             for module, mode in modes.items():
                 module.training = mode
@@ -67,7 +79,7 @@ class _Scorer:
         return preds
 
     def compute(self) -> dict[str, dict[str, float]]:
-        return {t: {k: float(v) for k, v in m.compute().items()} for t, m in self.metrics.items()}
+        return {t: get_task(t).compute(m) for t, m in self.metrics.items()}
 
 
 def _progress(enabled: bool, what: str, i: int) -> None:
@@ -78,7 +90,11 @@ def _progress(enabled: bool, what: str, i: int) -> None:
 def evaluate_clean(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
                    tasks: Sequence[str] | None = None, *, progress: bool = False
                    ) -> dict[str, dict[str, float]]:
-    """Clean metrics {task: {metric: value}} over the loader (eval mode, no grad)."""
+    """Clean metrics {task: {metric: value}} over the loader (eval mode, no grad).
+
+    `tasks`: the tasks to score (default: the model's labelled ones); for a model without a
+    `tasks` attribute also its task names."""
+    model = _task_model(model, tasks)
     scorer = None
     for i, batch in enumerate(loader):
         batch = _to(batch, _device(model))
@@ -127,8 +143,12 @@ def _craft(model: nn.Module, batch: Mapping[str, Any], spec: AttackSpec) -> Tens
 
 
 def evaluate_attacks(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
-                     specs: Sequence[AttackSpec], *, progress: bool = False) -> Rows:
-    """White-box rows: every spec attacks `model` and is scored on `model`'s labelled tasks."""
+                     specs: Sequence[AttackSpec], *, tasks: Sequence[str] | None = None,
+                     progress: bool = False) -> Rows:
+    """White-box rows: every spec attacks `model` and is scored on `model`'s labelled tasks.
+
+    `tasks` names the tasks of a model without a `tasks` attribute."""
+    model = as_task_model(model, tasks)
     specs = _validated(specs, model.tasks)
     clean, advs = None, None
     for i, batch in enumerate(loader):
@@ -148,12 +168,14 @@ def evaluate_attacks(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
 
 
 def cross_task_rows(model: nn.Module, loader: Iterable[Mapping[str, Tensor]], method: str,
-                    eps: float, steps: int = 10, *, progress: bool = False,
-                    **options: Any) -> Rows:
+                    eps: float, steps: int = 10, *, tasks: Sequence[str] | None = None,
+                    progress: bool = False, **options: Any) -> Rows:
     """Cross-task transfer: attack with `single:<i>` for every task i, score every task j.
 
     `delta_matrix(rows)` turns the result into the T x T matrix of Delta_j under attack i.
+    `tasks` names the tasks of a model without a `tasks` attribute.
     """
+    model = as_task_model(model, tasks)
     specs = [AttackSpec(method, f"single:{t}", eps, steps, options) for t in model.tasks]
     return evaluate_attacks(model, loader, specs, progress=progress)
 
@@ -180,15 +202,18 @@ def delta_matrix(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float
 
 def evaluate_transfer(surrogate: nn.Module, targets: Mapping[str, nn.Module],
                       loader: Iterable[Mapping[str, Tensor]], specs: Sequence[AttackSpec], *,
-                      progress: bool = False) -> Rows:
+                      tasks: Sequence[str] | None = None, progress: bool = False) -> Rows:
     """Cross-model transfer: craft on `surrogate`, score every target (rows carry target_id).
 
     For scene_class, the RFN success rate counts the examples that EVERY target (that predicts
     scene_class) classifies correctly on the clean input, and reports the share of those that
     this target misclassifies after the attack (None when no example qualifies).
+    `tasks` names the tasks of the models (surrogate or targets) without a `tasks` attribute.
     """
     if not targets:
         raise ValueError("targets: need at least one target model")
+    surrogate = _task_model(surrogate, tasks)
+    targets = {tid: _task_model(target, tasks) for tid, target in targets.items()}
     specs = _validated(specs, surrogate.tasks)
     ids = list(targets)
     clean: dict[str, _Scorer] = {}
