@@ -1,22 +1,32 @@
-"""Datasets that yield the batch contract (see docs/internals.md) and a deterministic loader."""
+"""Datasets that yield the batch contract (see docs/internals.md), the dataset registry
+(built-ins and users' factories alike, see mtl.data.registry) and a deterministic loader."""
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
-# name -> (module, class); imported lazily so one broken optional loader never blocks the others.
+from mtl.data import builtin_datasets  # noqa: F401  (registers scenes, nyuv2, taskonomy)
+from mtl.data.loading import make_loader, subset
+from mtl.data.registry import (SPLITS, build_split, check_dataset_options, dataset_factory,
+                               dataset_names, register_dataset)
+
+# The built-in dataset classes by name (module, class), for direct construction with
+# `get_dataset`; sweeps build splits through the registry (`build_split`) instead.
 DATASETS: dict[str, tuple[str, str]] = {
     "scenes": ("mtl.data.scenes", "SyntheticScenes"),
     "nyuv2": ("mtl.data.nyuv2", "NYUv2"),
     "taskonomy": ("mtl.data.taskonomy", "Taskonomy"),
 }
 
+__all__ = ["SPLITS", "DATASETS", "build_split", "check_dataset_options", "dataset_class",
+           "dataset_factory", "dataset_names", "get_dataset", "make_loader", "register_dataset",
+           "subset"]
+
 
 def dataset_class(name: str) -> type:
-    """The dataset class registered under `name`."""
+    """The built-in dataset class registered under `name`."""
     if name not in DATASETS:
         raise ValueError(f"dataset: unknown name {name!r}; allowed: {sorted(DATASETS)}")
     module, cls = DATASETS[name]
@@ -24,24 +34,5 @@ def dataset_class(name: str) -> type:
 
 
 def get_dataset(name: str, split: str, **kwargs: Any) -> Dataset:
-    """Build the dataset `name` for `split` (kwargs go to its constructor)."""
+    """Construct the built-in dataset class `name` for `split` (kwargs go to its constructor)."""
     return dataset_class(name)(split=split, **kwargs)
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """A single-process DataLoader whose shuffling order depends only on `seed`."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      generator=generator, num_workers=0)
-
-
-def subset(dataset: Dataset, start: int, stop: int) -> Subset:
-    """Items ``[start, stop)`` of ``dataset``, keeping the dataset contract's attributes
-    (``name``, ``tasks``, ``task_channels``) that a plain Subset would drop."""
-    part = Subset(dataset, range(start, stop))
-    for attr in ("name", "tasks", "task_channels"):
-        setattr(part, attr, getattr(dataset, attr))
-    return part

@@ -36,7 +36,7 @@ TASKS = ("segment_semantic", "depth_zbuffer", "normal", "edge_texture", "keypoin
          "scene_class")
 TASK_CHANNELS = {"segment_semantic": geo.NUM_SEG_CLASSES, "depth_zbuffer": 1, "normal": 3,
                  "edge_texture": 1, "keypoints2d": 1, "scene_class": geo.NUM_OBJECT_CLASSES}
-SIZE_RANGE = (8, 512)
+SIZE_RANGE = (8, 1024)
 STORAGE_VERSION = 2
 # stored array -> dtype on disk (converted to the batch contract's dtypes in __getitem__)
 _STORED = {"image": np.uint8, "segment_semantic": np.uint8, "depth_zbuffer": np.float16,
