@@ -70,9 +70,10 @@ class PluginRegistry:
     """Factories of one kind (``"dataset"``, ``"model"``).
 
     Errors about the factory itself start with ``<path>.name`` for a registered name and
-    ``<path>.factory`` for an import path (the config keys that hold them); ``passed`` are the keywords mtlsweep supplies itself (never user options) and ``always``
-    those of them every factory must take; ``meanings`` explain well-known option keys in the
-    "required" error (e.g. root -> "the directory it lives in").
+    ``<path>.factory`` for an import path (the config keys that hold them). ``passed`` are the
+    keywords mtlsweep supplies itself (never user options), ``always`` those of them every
+    factory must take; ``meanings`` explain well-known option keys in the "required" error
+    (e.g. root -> "the directory it lives in").
     """
 
     def __init__(self, kind: str, passed: tuple[str, ...], always: tuple[str, ...],
