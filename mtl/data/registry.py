@@ -73,8 +73,9 @@ def build_split(source: str, split: str, *, options: Mapping[str, Any] | None = 
         extra["tasks"] = list(tasks)
     dataset = factory(split=split, **options, **_REGISTRY.passable(factory, extra))
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-        raise ValueError(f"{source_path(source, path)}: {source!r} returned a {type(dataset).__name__}, expected "
-                         "a torch Dataset of dict samples (with __len__ and __getitem__)")
+        raise ValueError(f"{source_path(source, path)}: {source!r} returned a "
+                         f"{type(dataset).__name__}, expected a torch Dataset of dict samples "
+                         "(with __len__ and __getitem__)")
     available = len(dataset)
     if available < length:
         raise ValueError(f"{path}.{split}: {length} samples requested but the {split} split "
