@@ -22,18 +22,19 @@ def declared_tasks(model: nn.Module, tasks: Iterable[str] | None = None
 
     Raises ValueError for a task the task registry does not know.
     """
+    source = "tasks"
     if tasks is None:
-        tasks = getattr(model, "tasks", None)
+        tasks, source = getattr(model, "tasks", None), "model.tasks"
         if tasks is None:
             return None
     if isinstance(tasks, str):
-        raise ValueError(f"tasks: must be a list of task names, got the string {tasks!r}; "
-                         f"write tasks=[{tasks!r}]")
+        raise ValueError(f"{source}: must be a list of task names, got the string {tasks!r}; "
+                         f"write [{tasks!r}]")
     tasks = tuple(tasks)
     known = registered_task_names()
     unknown = [t for t in tasks if t not in known]
     if unknown or not tasks:
-        raise ValueError(f"tasks: unknown task(s) {unknown or '(none given)'}; allowed: "
+        raise ValueError(f"{source}: unknown task(s) {unknown or '(none given)'}; allowed: "
                          f"{list(known)}")
     return tasks
 
