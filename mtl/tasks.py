@@ -191,29 +191,33 @@ def _check_definition(name: Any, loss: Any, metric: Any, channels: Any, kind: An
 def register_task(name: str, loss: Callable[..., Tensor], metric: Callable[..., Any], *,
                   channels: int | None = None, kind: str = "dense",
                   higher_is_better: Mapping[str, bool] | None = None,
-                  replace: bool = False, _source: tuple[Any, ...] | None = None) -> Task:
+                  replace: bool = False) -> Task:
     """Register a task and return it; the built-in six go through here too.
 
     `loss(pred, target, mask=None) -> Tensor[B]` is per-sample. `metric` is a class or factory
-    of accumulators (update / compute / reset), called with the channel count when it has a
-    required positional parameter, else with none. `higher_is_better` (metric name -> bool,
-    default: the metric's class attribute) must cover every metric `compute()` returns (checked
-    when metrics are computed). `kind`: "dense" (label per pixel) or "image" (per image);
-    `channels`: the head's output channels, None when the dataset decides (a class count).
-    Registering the same definition again returns the registered task; a different one under
-    a taken name needs `replace=True` (built-in tasks cannot be replaced).
+    of accumulators (update / compute / reset: checked on a class now, on a factory's first
+    instance), called with the channel count when it has a required positional parameter,
+    else with none. `higher_is_better` (metric name -> bool, default: the metric's class
+    attribute) must cover every metric `compute()` returns (checked when metrics are
+    computed: only then are the names known). `kind`: "dense" (label per pixel) or "image"
+    (per image); `channels`: the head's output channels, None when the dataset decides (a
+    class count). Registering the same definition again returns the registered task; a
+    different one under a taken name needs `replace=True` (built-in tasks cannot be replaced).
     """
     flags = _check_definition(name, loss, metric, channels, kind, higher_is_better)
-    task = Task(name, kind, channels, loss, metric, MappingProxyType(flags), _source)
-    old = _REGISTRY.get(name)
+    return _register(Task(name, kind, channels, loss, metric, MappingProxyType(flags)), replace)
+
+
+def _register(task: Task, replace: bool) -> Task:
+    old = _REGISTRY.get(task.name)
     if old is not None and _same(old, task):
         return old
-    if old is not None and (not replace or name in TASK_NAMES):
-        why = "a built-in task cannot be replaced" if name in TASK_NAMES \
+    if old is not None and (not replace or task.name in TASK_NAMES):
+        why = "a built-in task cannot be replaced" if task.name in TASK_NAMES \
             else "pass replace=True to redefine it"
-        raise ValueError(f"register_task: {name!r} is already registered with a different "
-                         f"definition; {why}")
-    _REGISTRY[name] = task
+        raise ValueError(f"register_task: {task.name!r} is already registered with a "
+                         f"different definition; {why}")
+    _REGISTRY[task.name] = task
     return task
 
 
@@ -229,7 +233,8 @@ def _same(a: Task, b: Task) -> bool:
 def task_from_paths(name: str, loss: str, metric: str, *, channels: int | None = None,
                     kind: str = "dense", higher_is_better: Mapping[str, bool] | None = None,
                     replace: bool = False) -> Task:
-    """Register a task whose loss and metric are import paths ``"package.module:attribute"``.
+    """`register_task` with the loss and metric named by import paths
+    ``"package.module:attribute"``.
 
     Idempotent: the same paths under the same name return the registered task (trials in one
     worker register repeatedly); a different definition is an error unless `replace=True`.
@@ -237,12 +242,13 @@ def task_from_paths(name: str, loss: str, metric: str, *, channels: int | None =
     source = ("paths", loss, metric)
     old = _REGISTRY.get(name)
     if old is not None and old.source == source and not replace:
-        return register_task(name, old._loss, old._metric, channels=channels, kind=kind,
-                             higher_is_better=higher_is_better, _source=source)
-    return register_task(name, load_object(loss, f"task {name!r} loss"),
-                         load_object(metric, f"task {name!r} metric"), channels=channels,
-                         kind=kind, higher_is_better=higher_is_better, replace=replace,
-                         _source=source)
+        loss_fn, metric_cls = old._loss, old._metric  # no re-import for the same paths
+    else:
+        loss_fn = load_object(loss, f"task {name!r} loss")
+        metric_cls = load_object(metric, f"task {name!r} metric")
+    flags = _check_definition(name, loss_fn, metric_cls, channels, kind, higher_is_better)
+    return _register(Task(name, kind, channels, loss_fn, metric_cls, MappingProxyType(flags),
+                          source), replace)
 
 
 def task_names() -> tuple[str, ...]:
