@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
-"""Bump when a column is added, removed or changes meaning; readers fill missing ones with null."""
+SCHEMA_VERSION = 2
+"""Bump when a column is added, removed or changes meaning; readers fill missing ones with null.
+2: ``layout`` may be null (a model without layouts) and files carry one column per sweep axis."""
 
 METADATA_KEY = b"mtlsweep.schema_version"
 TABLE_KEY = b"mtlsweep.table"
@@ -36,7 +37,7 @@ _TRIAL_COLUMNS: list[tuple[str, pa.DataType, bool]] = [
     ("sweep", pa.string(), False),
     ("trial_id", pa.string(), False),
     ("attempt", pa.int64(), False),
-    ("layout", pa.string(), False),         # canonical Layout string
+    ("layout", pa.string(), True),          # canonical Layout string; null: no layouts
     ("branch_point", pa.int64(), True),      # k of Layout.branch_point(k, ...); null otherwise
     ("adv_train", pa.string(), False),       # "none" = standard training, else an AT label
     ("rho", pa.float64(), False),            # SAM/RFN neighbourhood size; 0 = plain training
@@ -142,13 +143,33 @@ def _coerce(table: str, column: str, typ: pa.DataType, value: Any, index: int) -
     raise AssertionError(f"unhandled Arrow type {typ}")  # the schema above uses only these
 
 
-def validate_rows(table: str, sweep: str, trial_id: str, rows: list[dict]) -> pa.Table:
+def axis_type(value: Any) -> pa.DataType:
+    """The Arrow type of an axis column holding ``value`` (bool, int, float or string)."""
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    if isinstance(value, str) or value is None:
+        return pa.string()
+    raise ValueError(f"axis column value {value!r} ({type(value).__name__}): expected a bool, "
+                     "int, float or string")
+
+
+def validate_rows(table: str, sweep: str, trial_id: str, rows: list[dict],
+                  columns: dict[str, Any] | None = None) -> pa.Table:
     """Rows -> an Arrow table of the current schema, or a ValueError naming the bad column.
 
     ``schema_version`` is filled in; ``sweep`` and ``trial_id`` are filled in from the arguments
     (a row that states a different one is an error). Unknown columns are errors, missing nullable
-    columns are null, missing non-nullable ones are errors.
+    columns are null, missing non-nullable ones are errors. ``columns`` (the trial's sweep-axis
+    values, named by dotted path) are appended as constant columns after the schema's own.
     """
+    axis_values = dict(columns or {})
+    clash = sorted(set(axis_values) & {name for name, _, _ in _COLUMNS.get(table, [])})
+    if clash:
+        raise ValueError(f"axis column {clash[0]!r} has the name of a core column of {table}")
     _check_table(table)
     _check_name("sweep", sweep)
     _check_name("trial_id", trial_id)
@@ -185,7 +206,12 @@ def validate_rows(table: str, sweep: str, trial_id: str, rows: list[dict]) -> pa
                 raise ValueError(f"measurements row {i}: column 'kind' must be one of "
                                  f"{', '.join(MEASUREMENT_KINDS)}; got {kind!r}")
     arrays = [pa.array(columns[name], type=typ) for name, typ, _ in spec]
-    return pa.Table.from_arrays(arrays, schema=schema(table))
+    out = pa.Table.from_arrays(arrays, schema=schema(table))
+    for name in sorted(axis_values):
+        value = axis_values[name]
+        typ = axis_type(value)
+        out = out.append_column(pa.field(name, typ), pa.array([value] * len(rows), type=typ))
+    return out
 
 
 # --- paths and filesystems ----------------------------------------------------------------------
@@ -219,7 +245,7 @@ def trial_path(storage: str | os.PathLike, sweep: str, table: str, trial_id: str
 
 
 def write_trial_table(storage: str | os.PathLike, sweep: str, table: str, trial_id: str,
-                      rows: list[dict]) -> str:
+                      rows: list[dict], columns: dict[str, Any] | None = None) -> str:
     """Validate ``rows`` and write them as this trial's file of ``table``, atomically.
 
     The file goes to a hidden temp name in the destination directory and is then renamed over
@@ -227,7 +253,7 @@ def write_trial_table(storage: str | os.PathLike, sweep: str, table: str, trial_
     earlier attempt's rows instead of duplicating them. Returns the final path (or URI).
     An empty ``rows`` writes an empty file (the trial ran and measured nothing).
     """
-    data = validate_rows(table, sweep, trial_id, rows)
+    data = validate_rows(table, sweep, trial_id, rows, columns)
     fs, root = _resolve(storage)
     final_name = f"{trial_id}.parquet"
     tmp_name = f".{trial_id}.parquet{TMP_MARKER}{uuid.uuid4().hex}"
@@ -312,8 +338,33 @@ def result_files(path: str | os.PathLike, table: str = "measurements") -> list[s
     return files
 
 
+def _axis_columns(files: list[str], table: str) -> dict[str, pl.DataType]:
+    """Sweep-axis columns found in ``files`` (beyond the table's schema) with one polars type
+    each: a column that is integer in some files and float in others reads as float, any
+    other disagreement as string."""
+    known = {name for name, _, _ in _COLUMNS[table]}
+    found: dict[str, set[pl.DataType]] = {}
+    for path in files:
+        fs, inner = _resolve(path)
+        arrow = pq.read_schema(inner, filesystem=fs)
+        for field in arrow:
+            if field.name not in known:
+                dtype = pl.from_arrow(pa.array([], type=field.type)).dtype
+                found.setdefault(field.name, set()).add(dtype)
+    out: dict[str, pl.DataType] = {}
+    for name, types in sorted(found.items()):
+        if len(types) == 1:
+            out[name] = types.pop()
+        elif types <= {pl.Int64, pl.Float64}:
+            out[name] = pl.Float64
+        else:
+            out[name] = pl.String
+    return out
+
+
 def read_results(path: str | os.PathLike, table: str = "measurements") -> pl.LazyFrame:
-    """All rows of ``table`` under ``path`` as one polars LazyFrame of the current schema.
+    """All rows of ``table`` under ``path`` as one polars LazyFrame of the current schema plus
+    one column per sweep axis (named by its dotted path, e.g. ``pl.col("training.lr")``).
 
     ``path`` is a sweep directory or a storage directory holding several sweeps (see
     :func:`result_files`). Files of older schema versions are read too: columns they lack are
@@ -324,7 +375,8 @@ def read_results(path: str | os.PathLike, table: str = "measurements") -> pl.Laz
     target = polars_schema(table)
     if not files:
         return pl.LazyFrame(schema=target)
-    frame = pl.scan_parquet(files, schema=target, missing_columns="insert",
+    full = pl.Schema({**dict(target), **_axis_columns(files, table)})
+    frame = pl.scan_parquet(files, schema=full, missing_columns="insert",
                             extra_columns="ignore", cast_options=pl.ScanCastOptions(
                                 integer_cast="upcast", float_cast="upcast"))
     return frame.with_columns(pl.col("schema_version").fill_null(0))

@@ -1,60 +1,51 @@
-"""Sweep YAML -> validated, frozen `SweepSpec`.
+"""Sweep YAML -> validated, frozen `SweepSpec`: a base run configuration + axes + search +
+resources + storage.
 
-A sweep is the cartesian grid of its axes (layouts x adversarial training x optimiser x rho x
-seed), or a Tune search over rho / epochs. Every malformed input stops the run before any work
-with ONE `SpecError` (a ValueError) naming the YAML path and the allowed values, e.g.
-``attacks.objectives[2]: unknown objective 'dgbaa'; allowed: ...``. The format is documented
-key by key in sweeps/demo.yaml. Sections parsed next to the code that uses them: `search`
-(orchestrator.sweep.parse_search) and `transfer` (orchestrator.store.parse_targets); the
-checks against the live cluster are orchestrator.sweep.check_cluster, run after ``ray.init``
-and before any trial. The typed readers (`Node`, `as_int`, ...) are in orchestrator/yamlpath.py.
+The run configuration (what one trial is) belongs to mtl: `mtl.config.run.parse_run_config`
+holds every rule about data, model, tasks, training and attacks. This module adds only what
+many trials need: the axes (any config field by its dotted path, plus the legacy list spellings
+``layouts``, ``adv_train: [...]``, ``training.optimizer/rho/seeds: [...]``), the search, the
+transfer zoo (orchestrator/store.py), resources and storage. Every malformed input stops the run
+before any work with ONE `SpecError` naming the YAML path and the allowed values. The format is
+documented key by key in sweeps/demo.yaml.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from mtl.models import Layout, enumerate_layouts
-from mtl.tasks import TASK_NAMES
-from mtl.data import DATASETS
-from orchestrator.yamlpath import (Node, SpecError, as_bool, as_choice, as_float, as_int,
-                                   as_list, check_unique, fail)
+from mtl.config.paths import get_path, reroot, set_path
+from mtl.config.reading import (ConfigError, Node, as_bool, as_float, as_int, as_list,
+                                check_unique, fail)
+from mtl.config.run import RUN_KEYS, RunConfig, parse_run_config
+from mtl.config.sections import expand_layouts, parse_tasks
+from orchestrator.axes import Axis, legacy_axes, parse_axes, validate_axes
+from orchestrator.search import FINAL_METRICS, parse_search
 
-NUM_BLOCKS = 5
-OPTIMIZERS = ("sgd", "adam")
-METHODS = ("fgsm", "pgd", "ifgsm", "mifgsm", "apgd")
-OBJECTIVES = ("single", "single:<task>", "total", "signsum", "dgba", "minmax")
-ADV_METHODS = ("fgsm", "pgd")
-ADV_MIX = ("alternate", "weighted")
-# Final metrics a trial reports (means over its kept epochs; see orchestrator/trial.py).
-FINAL_METRICS = ("transfer_success", "transfer_delta", "whitebox_delta", "cross_task_delta",
-                 "train_loss")
+SpecError = ConfigError
+"""A malformed sweep spec (mtl's ConfigError): the message starts with the YAML path."""
+
+SWEEP_KEYS = ("name", "storage", "layouts", "axes", "transfer", "resources", "search",
+              "max_concurrent", "max_failures", "store")
+TOP_KEYS = SWEEP_KEYS + RUN_KEYS
+__all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec", "describe", "FINAL_METRICS"]
 
 
-# --- the frozen spec ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SweepSpec:
-    """A validated sweep. Plain, JSON-able values only (tuples, dicts of scalars)."""
+    """A validated sweep: ``base`` (the run-config mapping without axis values), its axes,
+    ``run`` (the base with every axis at its first value, validated) and the orchestration."""
 
     name: str
     storage: str | None
-    dataset: dict
-    tasks: tuple[str, ...]
-    width: int
-    layouts: tuple[str, ...]            # canonical Layout strings
-    training: dict                      # TrainConfig fields shared by every trial
-    optimizers: tuple[str, ...]
-    rhos: tuple[float, ...]
-    seeds: tuple[int, ...]
-    adv_train: tuple[dict | None, ...]  # None = standard training
-    sharpness: dict | None
-    attacks: dict                       # {"specs": [...], "eval_samples", "batch_size"}
-    cross_task: dict | None             # {"method", "eps", "steps"} or None
+    raw: dict = field(repr=False)       # the YAML mapping as given (what sweep.json keeps)
+    base: dict = field(repr=False)
+    run: RunConfig = field(repr=False)
+    axes: tuple[Axis, ...]
     targets: tuple[dict, ...]           # {"id", "label", "config"}: full zoo model configs
     resources: dict                     # {"cpu", "gpu", "custom": {...}}
     search: dict                        # {"mode", ...}
@@ -62,6 +53,7 @@ class SweepSpec:
     max_failures: int
     reuse_surrogates: bool
     store_path: str | None
+    import_paths: tuple[str, ...] = ()  # where users' packages import from
 
     def resource_request(self) -> dict[str, float]:
         """One trial's request in Tune's spelling (``cpu``, ``gpu``, custom names)."""
@@ -69,14 +61,74 @@ class SweepSpec:
                 **self.resources["custom"]}
 
     def num_grid_trials(self) -> int:
-        return (len(self.layouts) * len(self.adv_train) * len(self.optimizers) * len(self.rhos)
-                * len(self.seeds))
+        n = 1
+        for axis in self.axes:
+            n *= len(axis.values)
+        return n
+
+    def axis(self, path: str) -> Axis | None:
+        return next((a for a in self.axes if a.path == path), None)
+
+    def _values(self, path: str) -> tuple:
+        axis = self.axis(path)
+        return axis.values if axis else (get_path(self.base, path, None),)
+
+    # -- views of the legacy axes (the analysis and older callers read these) ---------------
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.run.task_names
+
+    @property
+    def layouts(self) -> tuple[str | None, ...]:
+        axis = self.axis("model.layout")
+        return axis.values if axis else (self.run.model["layout"],)
+
+    @property
+    def adv_train(self) -> tuple[dict | None, ...]:
+        from mtl.config.training import parse_adv
+        return tuple(parse_adv(v, "adv_train", self.tasks) for v in self._values("adv_train"))
+
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        axis = self.axis("training.optimizer")
+        return axis.values if axis else (self.run.training["optimizer"],)
+
+    @property
+    def rhos(self) -> tuple[float, ...]:
+        axis = self.axis("training.rho")
+        return tuple(float(v) for v in axis.values) if axis else (self.run.training["rho"],)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        axis = self.axis("training.seed")
+        return axis.values if axis else (self.run.training["seed"],)
+
+    @property
+    def dataset(self) -> dict:
+        return self.run.dataset
+
+    @property
+    def training(self) -> dict:
+        return self.run.training
+
+    @property
+    def sharpness(self) -> dict | None:
+        return self.run.training.get("sharpness")
+
+    @property
+    def attacks(self) -> dict:
+        return self.run.attacks
+
+    @property
+    def cross_task(self) -> dict | None:
+        return self.run.cross_task
 
 
 def load_spec(path: str | Path, *, name: str | None = None, storage: str | None = None
               ) -> SweepSpec:
     """Read and validate a sweep YAML; ``name`` defaults to the file stem, ``storage``
-    (the CLI's --storage) overrides the file's ``storage``."""
+    (the CLI's --storage) overrides the file's ``storage``. A user package beside the file
+    or in the working directory is importable by the sweep's plugins."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file {str(path)!r} does not exist")
@@ -84,17 +136,16 @@ def load_spec(path: str | Path, *, name: str | None = None, storage: str | None 
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({err})") from None
-    return parse_spec(raw if raw is not None else {}, name=name or path.stem, storage=storage)
+    paths = tuple(dict.fromkeys([str(path.resolve().parent), str(Path.cwd())]))
+    return parse_spec(raw if raw is not None else {}, name=name or path.stem, storage=storage,
+                      import_paths=paths)
 
 
-TOP_KEYS = ("name", "storage", "dataset", "tasks", "model", "layouts", "training", "adv_train",
-            "sharpness", "attacks", "cross_task", "transfer", "resources", "search",
-            "max_concurrent", "max_failures", "store")
-
-
-def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = None
-               ) -> SweepSpec:
+def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = None,
+               import_paths: tuple[str, ...] = ()) -> SweepSpec:
     """Validate a parsed YAML mapping into a `SweepSpec` (see module docstring)."""
+    from mtl.plugins import add_import_paths
+    add_import_paths(import_paths)
     top = Node(raw, "", TOP_KEYS)
     sweep_name = top.get("name", name)
     if not isinstance(sweep_name, str) or not sweep_name or not all(
@@ -104,279 +155,52 @@ def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = N
     store_raw = storage if storage is not None else top.get("storage")
     if store_raw is not None and (not isinstance(store_raw, str) or not store_raw):
         fail("storage", f"expected a directory or URI string, got {store_raw!r}")
-    tasks = _tasks(top.require("tasks"))
-    dataset = _dataset(top.require("dataset"), tasks)
-    model = Node(top.get("model", {}), "model", ("width",))
-    width = as_int(model.get("width", 16), model.at("width"), 1, 512)
-    layouts = _layouts(top.get("layouts", [NUM_BLOCKS]), "layouts", len(tasks))
-    training, optimizers, rhos, seeds = _training(top.require("training"), tasks)
-    adv = tuple(parse_adv(a, f"adv_train[{i}]", tasks)
-                for i, a in enumerate(as_list(top.get("adv_train", ["none"]), "adv_train")))
-    check_unique(list(adv), "adv_train")
-    sharpness = _sharpness(top.get("sharpness"))
-    attacks = _attacks(top.require("attacks"), tasks)
-    cross = _cross_task(top.get("cross_task", False))
+    base, axes = legacy_axes(dict(raw), parse_layouts=_layouts_reader(raw))
+    axes += parse_axes(top.get("axes", {}), base, axes)
+    search = parse_search(top.get("search", {"mode": "grid"}), base, axes)
+    axes = [a for a in axes if a.path not in search.get("space", {})]
+    run = validate_axes(base, axes, search)
     resources = _resources(top.get("resources", {}))
-    from orchestrator.sweep import parse_search  # the search section is the Tuner's business
-    search = parse_search(top.get("search", {"mode": "grid"}), training["epochs"])
     store = Node(top.get("store", {}), "store", ("reuse_surrogates", "path"))
     store_path = store.get("path")
     if store_path is not None and (not isinstance(store_path, str) or "://" in store_path):
         fail("store.path", f"expected a local (or shared-filesystem) directory, got "
              f"{store_path!r}; the model store needs file locks, which object stores lack")
     spec = SweepSpec(
-        name=sweep_name, storage=store_raw, dataset=dataset, tasks=tasks, width=width,
-        layouts=layouts, training=training, optimizers=optimizers, rhos=rhos, seeds=seeds,
-        adv_train=adv, sharpness=sharpness, attacks=attacks, cross_task=cross,
-        targets=(), resources=resources, search=search,
+        name=sweep_name, storage=store_raw, raw=dict(raw), base=base, run=run,
+        axes=tuple(axes), targets=(), resources=resources, search=search,
         max_concurrent=as_int(top.get("max_concurrent", 0), "max_concurrent", 0),
         max_failures=as_int(top.get("max_failures", 2), "max_failures", -1),
         reuse_surrogates=as_bool(store.get("reuse_surrogates", False), "store.reuse_surrogates"),
-        store_path=store_path)
-    from orchestrator.store import parse_targets  # the transfer zoo is the store's business
-    targets = parse_targets(top.get("transfer"), spec)
-    spec = dataclasses.replace(spec, targets=targets)
-    if search["mode"] != "grid" and search["metric"].startswith("transfer") and not targets:
+        store_path=store_path, import_paths=tuple(import_paths))
+    from orchestrator.store import parse_targets
+    import dataclasses
+    spec = dataclasses.replace(spec, targets=parse_targets(top.get("transfer"), spec))
+    if search["mode"] != "grid" and search["metric"].startswith("transfer") and not spec.targets:
         fail("search.metric", f"{search['metric']!r} needs transfer targets "
              "(transfer.targets is empty)")
-    if search["mode"] != "grid" and search["metric"] == "cross_task_delta" and not cross:
+    if search["mode"] != "grid" and search["metric"] == "cross_task_delta" and not run.cross_task:
         fail("search.metric", "'cross_task_delta' needs cross_task: true")
-    _check_trainer_accepts(spec)
     return spec
 
 
-def _check_trainer_accepts(spec: SweepSpec) -> None:
-    """Run mtl.train's own TrainConfig checks on every combination the sweep can produce."""
-    import itertools
-    from orchestrator.trial import trial_train_config
-    epochs = [spec.training["epochs"]]
-    rhos = list(spec.rhos)
-    for param, dist in spec.search.get("space", {}).items():
-        (epochs if param == "epochs" else rhos).extend(dist["values"])
-    for adv, opt, rho, seed, e in itertools.product(spec.adv_train, spec.optimizers, rhos,
-                                                    spec.seeds, epochs):
-        check_train_config(trial_train_config(spec.training, spec.sharpness, epochs=e,
-                                              optimizer=opt, rho=rho, seed=seed, adv=adv),
-                            "training")
-
-
-def _tasks(raw: Any) -> tuple[str, ...]:
-    items = as_list(raw, "tasks")
-    for i, t in enumerate(items):
-        as_choice(t, f"tasks[{i}]", TASK_NAMES, "task")
-    check_unique(items, "tasks")
-    return tuple(items)
-
-
-def _dataset(raw: Any, tasks: tuple[str, ...]) -> dict:
-    node = Node(raw, "dataset", ("name", "size", "train", "val", "test", "seed", "root"))
-    name = as_choice(node.require("name"), node.at("name"), tuple(DATASETS), "dataset")
-    root = node.get("root")
-    if name != "scenes" and not isinstance(root, str):
-        fail(node.at("root"), f"dataset {name!r} reads files: give the directory it lives in")
-    out = {"name": name, "size": as_int(node.get("size", 32), node.at("size"), 8, 1024),
-           "seed": as_int(node.get("seed", 0), node.at("seed"), 0), "root": root,
-           "tasks": list(tasks)}
-    for split, default in (("train", 512), ("val", 128), ("test", 128)):
-        out[split] = as_int(node.get(split, default), node.at(split), 1)
-    return out
-
-
-def _layouts(raw: Any, path: str, num_tasks: int) -> tuple[str, ...]:
-    if raw == "all":
-        return tuple(str(lay) for lay in enumerate_layouts(num_tasks, NUM_BLOCKS))
-    items = as_list(raw, path)
-    out = [parse_layout(item, f"{path}[{i}]", num_tasks) for i, item in enumerate(items)]
-    check_unique(out, path)
-    return tuple(out)
-
-
-def parse_layout(item: Any, path: str, num_tasks: int) -> str:
-    """An int is a branch point k (share blocks < k); a string is a canonical Layout."""
-    if isinstance(item, int) and not isinstance(item, bool):
-        as_int(item, path, 0, NUM_BLOCKS)
-        return str(Layout.branch_point(item, num_tasks, NUM_BLOCKS))
-    if not isinstance(item, str):
-        fail(path, f"expected a branch point 0..{NUM_BLOCKS}, a layout string like "
-             f"'0+1+2|0+1+2|0,1+2|0,1,2|0,1,2' or 'all', got {item!r}")
-    try:
-        layout = Layout.parse(item)
-    except ValueError as err:
-        raise SpecError(f"{path}: {err}") from None
-    if layout.num_tasks != num_tasks or layout.num_blocks != NUM_BLOCKS:
-        fail(path, f"layout {item!r} has {layout.num_tasks} tasks and {layout.num_blocks} "
-             f"blocks; allowed: {num_tasks} tasks (as in `tasks`) and {NUM_BLOCKS} blocks")
-    return str(layout)
-
-
-TRAIN_KEYS = ("epochs", "keep_epochs", "batch_size", "optimizer", "lr", "momentum",
-              "weight_decay", "milestones", "gamma", "rho", "sam_shared_only", "seeds",
-              "loss_weights")
-
-
-def _training(raw: Any, tasks: tuple[str, ...]
-              ) -> tuple[dict, tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
-    node = Node(raw, "training", TRAIN_KEYS)
-    epochs = as_int(node.require("epochs"), node.at("epochs"), 1, 10_000)
-    keep = as_list(node.get("keep_epochs", [epochs]), node.at("keep_epochs"))
-    for i, k in enumerate(keep):
-        as_int(k, f"training.keep_epochs[{i}]", 1, epochs)
-    check_unique(keep, node.at("keep_epochs"))
-    milestones = as_list(node.get("milestones", []), node.at("milestones"), nonempty=False)
-    for i, m in enumerate(milestones):  # decays at the start of an epoch; epoch 1 has no prior
-        as_int(m, f"training.milestones[{i}]", 2, epochs)
-    optimizers = as_list(node.get("optimizer", "sgd"), node.at("optimizer"))
-    for i, o in enumerate(optimizers):
-        as_choice(o, f"training.optimizer[{i}]", OPTIMIZERS, "optimizer")
-    check_unique(optimizers, node.at("optimizer"))
-    rhos = [as_float(r, f"training.rho[{i}]", 0.0)
-            for i, r in enumerate(as_list(node.get("rho", 0.0), node.at("rho")))]
-    check_unique(rhos, node.at("rho"))
-    seeds = [as_int(s, f"training.seeds[{i}]", 0)
-             for i, s in enumerate(as_list(node.get("seeds", 0), node.at("seeds")))]
-    check_unique(seeds, node.at("seeds"))
-    weights = node.get("loss_weights", {}) or {}
-    if not isinstance(weights, dict):
-        fail(node.at("loss_weights"), f"expected a mapping task -> weight, got {weights!r}")
-    for task, w in weights.items():
-        as_choice(task, f"training.loss_weights.{task}", tasks, "task")
-        as_float(w, f"training.loss_weights.{task}", 0.0)
-    training = {
-        "epochs": epochs, "keep_epochs": sorted(keep),
-        "batch_size": as_int(node.get("batch_size", 32), node.at("batch_size"), 1),
-        "lr": as_float(node.get("lr", 0.05), node.at("lr"), 0.0, lo_open=True),
-        "momentum": as_float(node.get("momentum", 0.9), node.at("momentum"), 0.0, 0.999),
-        "weight_decay": as_float(node.get("weight_decay", 5e-4), node.at("weight_decay"), 0.0),
-        "milestones": sorted(milestones),
-        "gamma": as_float(node.get("gamma", 0.1), node.at("gamma"), 0.0, 1.0, lo_open=True),
-        "sam_shared_only": as_bool(node.get("sam_shared_only", False), node.at("sam_shared_only")),
-        "loss_weights": {str(k): float(v) for k, v in weights.items()},
-    }
-    return training, tuple(optimizers), tuple(rhos), tuple(seeds)
-
-
-ADV_KEYS = ("objective", "method", "eps", "steps", "mix", "clean_weight", "options")
-
-
-def parse_adv(raw: Any, path: str, tasks: tuple[str, ...]) -> dict | None:
-    if raw == "none" or raw is None:
-        return None
-    node = Node(raw, path, ADV_KEYS)
-    objective = node.get("objective", "total")
-    if not (isinstance(objective, str) and objective.startswith("single:")):
-        as_choice(objective, node.at("objective"), ("total", "dgba"), "objective")
-    else:
-        as_choice(objective[len("single:"):], node.at("objective"), tasks, "task")
-    method = as_choice(node.get("method", "pgd"), node.at("method"), ADV_METHODS, "method")
-    steps = as_int(node.get("steps", 1 if method == "fgsm" else 10), node.at("steps"), 1, 1000)
-    if method == "fgsm" and steps != 1:
-        fail(node.at("steps"), f"fgsm takes exactly 1 step, got {steps}; allowed: 1")
-    return {"objective": objective, "method": method,
-            "eps": as_float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0, lo_open=True),
-            "steps": steps,
-            "mix": as_choice(node.get("mix", "alternate"), node.at("mix"), ADV_MIX, "mix"),
-            "clean_weight": as_float(node.get("clean_weight", 0.5), node.at("clean_weight"),
-                                     0.0, 1.0),
-            "options": parse_options(node.get("options", {}), node.at("options"))}
-
-
-def parse_options(raw: Any, path: str) -> dict:
-    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
-        fail(path, f"expected a mapping of attack options (name -> value), got {raw!r}")
-    return dict(raw)
-
-
-def adv_label(adv: dict | None) -> str:
-    """The results' ``adv_train`` value: ``none`` or e.g. ``dgba-pgd-eps8-k10-alternate``."""
-    if adv is None:
-        return "none"
-    mix = adv["mix"] if adv["mix"] == "alternate" else f"weighted{adv['clean_weight']:g}"
-    return (f"{adv['objective'].replace(':', '=')}-{adv['method']}-eps{adv['eps']:g}"
-            f"-k{adv['steps']}-{mix}")
-
-
-def _sharpness(raw: Any) -> dict | None:
-    """`sharpness`: SharpnessConfig fields (mtl.train.sharpness); null = not measured."""
-    if raw is None or raw is False:
-        return None
-    from mtl.train import SharpnessConfig
-    keys = tuple(f.name for f in dataclasses.fields(SharpnessConfig))
-    node = Node(raw, "sharpness", keys)
-    try:
-        return SharpnessConfig.from_dict(node.value).to_dict()
-    except (TypeError, ValueError) as err:
-        text = str(err)
-        raise SpecError(text if text.startswith("sharpness") else f"sharpness: {text}") from None
-
-
-ATTACK_KEYS = ("methods", "objectives", "eps", "steps", "eval_samples", "batch_size", "options")
-
-
-def _attacks(raw: Any, tasks: tuple[str, ...]) -> dict:
-    node = Node(raw, "attacks", ATTACK_KEYS)
-    methods = as_list(node.require("methods"), node.at("methods"))
-    for i, m in enumerate(methods):
-        as_choice(m, f"attacks.methods[{i}]", METHODS, "method")
-    check_unique(methods, node.at("methods"))
-    objectives: list[str] = []
-    for i, o in enumerate(as_list(node.require("objectives"), node.at("objectives"))):
-        path = f"attacks.objectives[{i}]"
-        if o == "single":
-            objectives += [f"single:{t}" for t in tasks]
-        elif isinstance(o, str) and o.startswith("single:"):
-            as_choice(o[len("single:"):], path, tasks, "task")
-            objectives.append(o)
-        else:
-            as_choice(o, path, OBJECTIVES, "objective")
-            objectives.append(o)
-    check_unique(objectives, node.at("objectives"))
-    eps = [as_float(e, f"attacks.eps[{i}]", 0.0, 255.0, lo_open=True)
-           for i, e in enumerate(as_list(node.require("eps"), node.at("eps")))]
-    check_unique(eps, node.at("eps"))
-    steps = as_int(node.get("steps", 10), node.at("steps"), 1, 10_000)
-    options = parse_options(node.get("options", {}), node.at("options"))
-    specs = [{"method": m, "objective": o, "eps": e, "steps": 1 if m == "fgsm" else steps,
-              "options": dict(options)} for m in methods for o in objectives for e in eps]
-    _check_attack_specs(specs, "attacks")
-    return {"specs": specs,
-            "eval_samples": as_int(node.get("eval_samples", 64), node.at("eval_samples"), 1),
-            "batch_size": as_int(node.get("batch_size", 32), node.at("batch_size"), 1)}
-
-
-def _check_attack_specs(specs: list[dict], path: str) -> None:
-    """Let mtl.attacks veto what this module cannot know (e.g. unknown option keys)."""
-    from mtl.attacks import AttackSpec
-    for spec in specs:
+def _layouts_reader(raw: Mapping):
+    """The legacy ``layouts`` list read against the model's block count."""
+    def read(value: Any) -> list:
+        from mtl import models
+        tasks = parse_tasks(raw.get("tasks")) if "tasks" in raw else ()
+        model = raw.get("model") or {}
+        source = model.get("factory", model.get("name", "resnet")) \
+            if isinstance(model, Mapping) else "resnet"
         try:
-            AttackSpec(**spec).validate()
-        except ValueError as err:
-            raise SpecError(f"{path}: {err}") from None
-
-
-def _cross_task(raw: Any) -> dict | None:
-    if raw is False or raw is None:
-        return None
-    if raw is True:
-        raw = {}
-    node = Node(raw, "cross_task", ("method", "eps", "steps"))
-    method = as_choice(node.get("method", "fgsm"), node.at("method"), METHODS, "method")
-    out = {"method": method, "eps": as_float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0,
-                                             lo_open=True),
-           "steps": 1 if method == "fgsm" else as_int(node.get("steps", 10), node.at("steps"), 1)}
-    _check_attack_specs([{"method": method, "objective": "total", "eps": out["eps"],
-                          "steps": out["steps"], "options": {}}], "cross_task")
-    return out
-
-
-def check_train_config(train: dict, path: str) -> None:
-    """mtl.train's own checks (``field: problem``), reported under the YAML ``path``."""
-    from mtl.train import TrainConfig
-    try:
-        TrainConfig.from_dict(train).validate()
-    except (ValueError, TypeError) as err:
-        field, sep, rest = str(err).partition(": ")
-        named = sep and field.replace(".", "").replace("_", "").isalnum()
-        raise SpecError(f"{path}.{field}: {rest}" if named else f"{path}: {err}") from None
+            factory = models.model_factory(source)
+        except ValueError:
+            factory = None  # the model section's own check names the problem
+        if factory is not None and not models.accepts_layout(source):
+            fail("layouts", f"model {source!r} takes no `layout` argument, so layouts cannot "
+                 "be swept for it; remove `layouts`, or add a `layout` parameter to the factory")
+        return expand_layouts(value, "layouts", len(tasks), getattr(factory, "num_blocks", None))
+    return read
 
 
 def _resources(raw: Any) -> dict:
@@ -402,7 +226,7 @@ def describe(spec: SweepSpec) -> str:
     mode = (f"grid of {n} trials" if s["mode"] == "grid" else
             f"{s['mode']} search: {s['num_samples']} samples x {n} grid points, "
             f"{s['goal']} {s['metric']}")
-    return (f"sweep {spec.name!r}: {mode} ({len(spec.layouts)} layouts x {len(spec.adv_train)} "
-            f"AT x {len(spec.optimizers)} optimisers x {len(spec.rhos)} rho x {len(spec.seeds)} "
-            f"seeds); {len(spec.attacks['specs'])} attacks; {len(spec.targets)} transfer "
-            f"targets; per trial {json.dumps(spec.resource_request())}")
+    axes = " x ".join(f"{len(a.values)} {a.path}" for a in spec.axes) or "no axes"
+    return (f"sweep {spec.name!r}: {mode} ({axes}); {len(spec.attacks['specs'])} attacks; "
+            f"{len(spec.targets)} transfer targets; per trial "
+            f"{json.dumps(spec.resource_request())}")

@@ -1,7 +1,7 @@
 """The orchestrator's view of the model store: the target zoo, stored surrogates, run records.
 
-`parse_targets` reads the sweep's ``transfer`` section (the zoo spec) into full model configs;
-their hashes key the store.
+`parse_targets` reads the sweep's ``transfer`` section (the zoo spec) into full model configs
+(`mtl.config.run.RunConfig.model_key`); their hashes key the store.
 
 Models live in ``<storage>/models/<hash>/`` (mtl.train.zoo: checkpoints, config.json, COMPLETE,
 an fcntl lock per hash). The store needs a POSIX filesystem every trial can reach: a local
@@ -21,16 +21,20 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 import torch
 
-from mtl.models import Layout
+from mtl.config.paths import reroot
+from mtl.config.reading import ConfigError, Node, as_list, fail
+from mtl.config.run import parse_run_config
+from mtl.models.layout import Layout
 from mtl.train import zoo
-from orchestrator.spec import (NUM_BLOCKS, OPTIMIZERS, SweepSpec, adv_label, check_train_config,
-                               parse_adv, parse_layout)
-from orchestrator.yamlpath import Node, as_choice, as_float, as_int, as_list, fail
+from orchestrator.axes import with_values
+
+if TYPE_CHECKING:
+    from orchestrator.spec import SweepSpec
 
 
 def _local_path(storage: str) -> str | None:
@@ -61,12 +65,13 @@ def model_store_dir(storage: str, store_path: str | None = None) -> str:
     return os.path.join(local, "models")
 
 
-def load_targets(targets: Sequence[Mapping], store_dir: str, device: torch.device
-                 ) -> dict[str, torch.nn.Module]:
+def load_targets(targets: Sequence[Mapping], store_dir: str, device: torch.device,
+                 dataset: Any) -> dict[str, torch.nn.Module]:
     """Train (once, under the store's locks) or reuse every transfer target; target id ->
-    model in eval mode on ``device``, at its last kept epoch."""
+    model in eval mode on ``device``, at its last kept epoch (heads sized by ``dataset``)."""
     entries = zoo.ensure_models([t["config"] for t in targets], store_dir, device=device)
-    return {t["id"]: zoo.load_model(entries[t["id"]], device=device)[0] for t in targets}
+    return {t["id"]: zoo.load_model(entries[t["id"]], t["config"], dataset, device=device)
+            for t in targets}
 
 
 def find_surrogate(config: Mapping, store_dir: str) -> Path | None:
@@ -92,49 +97,59 @@ def next_attempt(storage: str, sweep: str, trial_id: str) -> int:
 
 
 TARGET_KEYS = ("layout", "seed", "adv_train", "rho", "optimizer", "epochs")
+# A target entry's key -> the run-config path it sets.
+_TARGET_PATHS = {"layout": "model.layout", "seed": "training.seed", "adv_train": "adv_train",
+                 "rho": "training.rho", "optimizer": "training.optimizer",
+                 "epochs": "training.epochs"}
 
 
-def parse_targets(raw: Any, spec: SweepSpec) -> tuple[dict, ...]:
-    """`transfer.targets`: target model configs; a list value in an entry expands to the
-    product (``{layout: [1, 4], seed: [1, 2]}`` = four targets)."""
-    from orchestrator.trial import trial_train_config
+def parse_targets(raw: Any, spec: "SweepSpec") -> tuple[dict, ...]:
+    """`transfer.targets`: target model configs, each the sweep's base run config with the
+    entry's settings written in (and one kept epoch, its last); a list value in an entry
+    expands to the product (``{layout: [1, 4], seed: [1, 2]}`` = four targets)."""
     if raw is None:
         return ()
     node = Node(raw, "transfer", ("targets",))
+    firsts = {a.path: a.values[0] for a in spec.axes}
+    defaults = {"optimizer": spec.optimizers[0], "epochs": spec.training["epochs"],
+                "seed": 0, "rho": 0.0, "adv_train": "none"}
     out: list[dict] = []
     for i, entry in enumerate(as_list(node.get("targets", []), "transfer.targets", False)):
         path = f"transfer.targets[{i}]"
         e = Node(entry, path, TARGET_KEYS)
-        layouts = [parse_layout(x, f"{path}.layout", len(spec.tasks))
-                   for x in as_list(e.get("layout", NUM_BLOCKS), f"{path}.layout")]
-        seeds = [as_int(s, f"{path}.seed", 0) for s in as_list(e.get("seed", 0), f"{path}.seed")]
-        advs = [parse_adv(a, f"{path}.adv_train", spec.tasks)
-                for a in as_list(e.get("adv_train", "none"), f"{path}.adv_train")]
-        rhos = [as_float(r, f"{path}.rho", 0.0) for r in as_list(e.get("rho", 0.0), f"{path}.rho")]
-        opt = as_choice(e.get("optimizer", spec.optimizers[0]), f"{path}.optimizer", OPTIMIZERS,
-                        "optimizer")
-        epochs = as_int(e.get("epochs", spec.training["epochs"]), f"{path}.epochs", 1, 10_000)
-        for layout, seed, adv, rho in itertools.product(layouts, seeds, advs, rhos):
-            train = trial_train_config({**spec.training, "keep_epochs": [epochs]}, None,
-                                       epochs=epochs, optimizer=opt, rho=rho, seed=seed, adv=adv)
-            check_train_config(train, path)
-            config = model_config(spec.dataset, spec.tasks, spec.width, layout, train)
-            label = f"{_layout_label(layout)}-s{seed}-{adv_label(adv)}-rho{rho:g}-{opt}-e{epochs}"
+        lists = {key: as_list(e.get(key, defaults.get(key)), f"{path}.{key}")
+                 for key in TARGET_KEYS if key in e.value or key in defaults}
+        for combo in itertools.product(*lists.values()):
+            values = dict(zip(lists, combo))
+            epochs = values["epochs"]
+            overrides = {"model.layout": None,  # default: the model's own (fully shared)
+                         **{_TARGET_PATHS[k]: v for k, v in values.items()}}
+            raw_run = with_values(spec.base, {**firsts, **overrides})
+            training = dict(raw_run["training"])
+            if isinstance(epochs, int) and not isinstance(epochs, bool):
+                training["keep_epochs"] = [epochs]
+                training["milestones"] = [m for m in as_list(training.get("milestones", []),
+                                                             "training.milestones", False)
+                                          if not isinstance(m, int) or m <= epochs]
+            raw_run = {**raw_run, "training": training, "sharpness": None}
+            try:
+                run = parse_run_config(raw_run)
+            except ConfigError as err:
+                key = next((k for k, p in _TARGET_PATHS.items() if str(err).startswith(p)), None)
+                raise (reroot(err, _TARGET_PATHS[key], f"{path}.{key}") if key
+                       else reroot(err, "", path)) from None
+            config = run.model_key()
+            label = (f"{_layout_label(run.model['layout'])}-s{run.training['seed']}-"
+                     f"{run.adv_label}-rho{run.training['rho']:g}-{run.training['optimizer']}"
+                     f"-e{run.training['epochs']}")
             if any(t["id"] == zoo.config_hash(config) for t in out):
                 fail(path, f"target {label} duplicates an earlier target")
             out.append({"id": zoo.config_hash(config), "label": label, "config": config})
     return tuple(out)
 
 
-def _layout_label(layout: str) -> str:
+def _layout_label(layout: str | None) -> str:
+    if layout is None:
+        return "model"
     k = Layout.parse(layout).branch_point_of()
     return f"bp{k}" if k is not None else layout
-
-
-def model_config(dataset: Mapping, tasks: Sequence[str], width: int, layout: str,
-                 train: Mapping) -> dict:
-    """The full training config of one model: what the model store hashes and trains from
-    (validation/test sizes do not change the model, so they are left out)."""
-    return {"dataset": {k: v for k, v in dataset.items() if k not in ("val", "test")},
-            "model": {"layout": layout, "tasks": list(tasks), "width": width},
-            "train": dict(train)}

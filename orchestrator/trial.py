@@ -1,7 +1,8 @@
 """One trial: train a multi-task model (resumable), attack every kept checkpoint, write rows.
 
-`tune_trainable` is the thin Ray Tune function trainable; `execute_trial` does the work and
-runs without Ray too (the bench's plain loop). Per epoch the trial reports its metrics and a
+`resolve_trial` turns the sweep's base run config and one trial's axis values into a validated
+`mtl.config.run.RunConfig`; `execute_trial` does the work and runs without Ray too (the bench's
+plain loop; Ray Tune's trainable in orchestrator/tuner.py calls it). Per epoch the trial reports its metrics and a
 Tune checkpoint (training state + kept model checkpoints), so a retried trial continues from its
 last finished epoch (`ray.tune.get_checkpoint()`). After training it evaluates each kept epoch
 (clean, white-box attacks, cross-task matrix, transfer to the target zoo) and writes the
@@ -23,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mtl.models import Layout
-from mtl.train.zoo import (HISTORY, checkpoint_paths, config_hash, dataset_from_config,
-                           model_from_config)
+from mtl.config.build import build_model, build_split, register_tasks
+from mtl.config.run import RunConfig, parse_run_config
+from mtl.models.layout import Layout
+from mtl.plugins import add_import_paths
+from mtl.train.zoo import HISTORY, checkpoint_paths, config_hash
 from orchestrator import store
-from orchestrator.spec import adv_label
+from orchestrator.axes import column_value, with_values
 
 if TYPE_CHECKING:
     from orchestrator.spec import SweepSpec
@@ -39,26 +42,14 @@ STATE_FILE = "train_state.pt"
 _EPOCH_COLUMNS = ("epoch", "lr", "lr_decayed", "kept", "time_s")
 
 
-def trial_train_config(training: Mapping, sharpness: dict | None, *, epochs: int,
-                       optimizer: str, rho: float, seed: int, adv: dict | None) -> dict:
-    """The TrainConfig dict of one trial: the sweep's `training` section with the axis values.
-    A searched `epochs` keeps the kept epochs that fit and always the last one."""
-    keep = list(training["keep_epochs"])
-    if epochs != training["epochs"]:
-        keep = sorted({k for k in keep if k <= epochs} | {epochs})
-    return {**training, "epochs": epochs, "keep_epochs": keep,
-            "milestones": [m for m in training["milestones"] if m <= epochs],
-            "optimizer": optimizer, "rho": float(rho), "seed": int(seed), "adv": adv,
-            "sharpness": sharpness}
-
-
-def sweep_base(spec: "SweepSpec") -> dict:
-    """The part of every trial's config that no sweep axis changes."""
-    return {"sweep": spec.name, "dataset": spec.dataset, "tasks": list(spec.tasks),
-            "width": spec.width, "training": spec.training, "sharpness": spec.sharpness,
-            "attacks": spec.attacks, "cross_task": spec.cross_task,
-            "targets": list(spec.targets), "resources": spec.resources,
-            "reuse_surrogates": spec.reuse_surrogates, "search": spec.search["mode"] != "grid"}
+def sweep_context(spec: "SweepSpec") -> dict:
+    """What every trial of ``spec`` shares (Tune passes it once, with ``tune.with_parameters``):
+    the base run config, the axes' paths and results columns, the transfer zoo, resources."""
+    axes = [[a.path, a.column] for a in spec.axes]
+    axes += [[path, path] for path in spec.search.get("space", {})]
+    return {"sweep": spec.name, "base": spec.base, "axes": axes, "targets": list(spec.targets),
+            "resources": spec.resources, "reuse_surrogates": spec.reuse_surrogates,
+            "search": spec.search["mode"] != "grid", "import_paths": list(spec.import_paths)}
 
 
 def trial_configs(spec: "SweepSpec") -> list[dict]:
@@ -67,61 +58,38 @@ def trial_configs(spec: "SweepSpec") -> list[dict]:
     if spec.search["mode"] != "grid":
         raise ValueError("search.mode: trials of a search sweep are sampled by Tune; "
                          "trial_configs needs mode: grid")
-    base = sweep_base(spec)
-    return [resolve_trial({"base": base, "layout": layout, "adv": adv, "optimizer": opt,
-                           "rho": rho, "seed": seed, "epochs": spec.training["epochs"]})
-            for layout, adv, opt, rho, seed in itertools.product(
-                spec.layouts, spec.adv_train, spec.optimizers, spec.rhos, spec.seeds)]
+    context = sweep_context(spec)
+    paths = [a.path for a in spec.axes]
+    return [resolve_trial(context, dict(zip(paths, combo)))
+            for combo in itertools.product(*(a.values for a in spec.axes))]
 
 
-def resolve_trial(config: Mapping[str, Any]) -> dict:
-    """A Tune trial config (``base`` + one value per axis) -> the trial's full description:
-    its TrainConfig dict, the results labels, the model's store config and ``trial_id`` (a hash
-    of everything that decides the trial's results, so a rerun or retry has the same id)."""
-    base = config["base"]
-    train = trial_train_config(base["training"], base["sharpness"], epochs=int(config["epochs"]),
-                               optimizer=config["optimizer"], rho=config["rho"],
-                               seed=config["seed"], adv=config["adv"])
-    layout = config["layout"]
-    trial = {"sweep": base["sweep"], "layout": layout,
-             "branch_point": Layout.parse(layout).branch_point_of(),
-             "adv_train": adv_label(config["adv"]), "rho": float(config["rho"]),
-             "optimizer": config["optimizer"], "seed": int(config["seed"]),
-             "dataset": base["dataset"], "train": train, "attacks": base["attacks"],
-             "cross_task": base["cross_task"], "targets": base["targets"],
-             "resources": base["resources"], "reuse_surrogates": base["reuse_surrogates"],
-             "search": base["search"],
-             "model_config": store.model_config(base["dataset"], base["tasks"], base["width"],
-                                                layout, train)}
-    bp = trial["branch_point"]
+def resolve_trial(context: Mapping[str, Any], values: Mapping[str, Any]) -> dict:
+    """One trial from the sweep context and its axis values: the validated `RunConfig`, the
+    core labels and axis columns of its rows, the model's store config and ``trial_id`` (a
+    hash of everything that decides the trial's results, so a rerun or retry has the same id).
+    """
+    add_import_paths(context.get("import_paths", ()))
+    run = parse_run_config(with_values(context["base"], values))
+    layout = run.model["layout"]
+    bp = Layout.parse(layout).branch_point_of() if layout is not None else None
+    labels = {"layout": layout, "branch_point": bp, "adv_train": run.adv_label,
+              "rho": float(run.training["rho"]), "optimizer": run.training["optimizer"],
+              "seed": int(run.training["seed"])}
+    columns = {column: column_value(values[path]) for path, column in context["axes"]
+               if column and path in values}
+    trial = {"sweep": context["sweep"], "run": run, "labels": labels, "columns": columns,
+             "targets": context["targets"], "resources": context["resources"],
+             "reuse_surrogates": context["reuse_surrogates"], "search": context["search"],
+             "model_config": run.model_key()}
     # How a trial runs (resources, reusing a stored surrogate) does not change its results,
     # so it does not change its id either.
-    decisive = {k: v for k, v in trial.items() if k not in ("resources", "reuse_surrogates")}
-    trial["trial_id"] = (f"{'bp' + str(bp) if bp is not None else 'L'}-"
-                         f"{trial['adv_train'].split('-')[0]}-rho{trial['rho']:g}-"
-                         f"{trial['optimizer']}-s{trial['seed']}-e{train['epochs']}-"
+    decisive = {"sweep": trial["sweep"], "run": run.to_dict(), "targets": trial["targets"]}
+    shape = f"bp{bp}" if bp is not None else ("L" if layout is not None else "M")
+    trial["trial_id"] = (f"{shape}-{run.adv_label.split('-')[0]}-rho{labels['rho']:g}-"
+                         f"{labels['optimizer']}-s{labels['seed']}-e{run.training['epochs']}-"
                          f"{config_hash(decisive)[:8]}")
     return trial
-
-
-def tune_trainable(config: dict) -> None:
-    """The Ray Tune function trainable (config = `sweep.param_space` + ``run`` paths)."""
-    import logging
-    from ray import tune
-    # Tune logs every persisted checkpoint at INFO; one per epoch per trial drowns the table.
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    trial = resolve_trial(config)
-    if trial["search"]:  # sampled trials may coincide: the Tune index keeps their files apart
-        trial["trial_id"] += "-" + tune.get_context().get_trial_id().rsplit("_", 1)[-1]
-    checkpoint = tune.get_checkpoint()
-
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=ckpt)
-
-    with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as restore:
-        execute_trial(trial, storage=config["run"]["storage"],
-                      store_dir=config["run"]["store_dir"], report=report, restore_dir=restore)
 
 
 def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
@@ -130,6 +98,8 @@ def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
     """Run one resolved trial end to end; returns (and reports) its final metrics."""
     from orchestrator.devices import setup_trial_device
     from orchestrator.results import write_trial_table
+    run: RunConfig = trial["run"]
+    register_tasks(run.tasks)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     attempt = store.next_attempt(storage, trial["sweep"], trial["trial_id"])
@@ -137,25 +107,24 @@ def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
     work = Path(tempfile.mkdtemp(prefix=f"mtlsweep-{trial['trial_id']}-"))
     try:
         t0 = time.perf_counter()
-        data = {split: dataset_from_config(trial["dataset"], split) for split in ("train", "val")}
-        data["test"] = dataset_from_config(trial["dataset"], "test",
-                                           trial["attacks"]["eval_samples"])
+        data = {split: build_split(run.dataset, split) for split in ("train", "val")}
+        data["test"] = build_split(run.dataset, "test", run.attacks["eval_samples"])
         timings["data"] = time.perf_counter() - t0
         ckpt_dir = work / "checkpoints"
         ckpt_dir.mkdir()
         t0 = time.perf_counter()
         history = _train(trial, data, ckpt_dir, store_dir, device, report, restore_dir, progress)
         timings["train"] = time.perf_counter() - t0
-        rows, final = _evaluate(trial, data["test"], ckpt_dir, store_dir, device, timings)
+        rows, final = _evaluate(trial, data, ckpt_dir, store_dir, device, timings)
         final["train_loss"] = float(history[-1]["train_loss"]) if history else math.nan
         t0 = time.perf_counter()
-        common = {"attempt": attempt, "layout": trial["layout"],
-                  "branch_point": trial["branch_point"], "adv_train": trial["adv_train"],
-                  "rho": trial["rho"], "optimizer": trial["optimizer"], "seed": trial["seed"]}
+        common = {"attempt": attempt, **trial["labels"]}
         args = (storage, trial["sweep"])
+        columns = trial["columns"]
         write_trial_table(*args, "measurements", trial["trial_id"],
-                          [{**common, **row} for row in rows])
-        write_trial_table(*args, "epochs", trial["trial_id"], _epoch_rows(history, common))
+                          [{**common, **row} for row in rows], columns=columns)
+        write_trial_table(*args, "epochs", trial["trial_id"], _epoch_rows(history, common),
+                          columns=columns)
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         write_trial_table(*args, "timings", trial["trial_id"],
@@ -165,7 +134,11 @@ def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
         shutil.rmtree(work, ignore_errors=True)
     final = {k: (v if math.isfinite(v) else None) for k, v in final.items()}
     if report is not None:
-        report({"evaluated": 1, **{k: v for k, v in final.items() if v is not None}}, None)
+        last = history[-1] if history else {}
+        per_epoch = {k: v for k, v in last.items() if isinstance(v, (int, float))
+                     and not isinstance(v, bool) and math.isfinite(v)}
+        report({**per_epoch, "evaluated": 1,
+                **{k: v for k, v in final.items() if v is not None}}, None)
     return final
 
 
@@ -173,7 +146,7 @@ def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: t
            report: Reporter | None, restore_dir: str | None, progress: bool) -> list[dict]:
     """Train (or restore / reuse) the surrogate; kept checkpoints end up in ``ckpt_dir``."""
     from mtl.train import TrainConfig, load_train_state, save_train_state, train
-    config = TrainConfig.from_dict(trial["train"])
+    config = TrainConfig.from_dict(trial["run"].training)
     if trial["reuse_surrogates"]:
         entry = store.find_surrogate(trial["model_config"], store_dir)
         if entry is not None:
@@ -183,7 +156,7 @@ def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: t
     if restore_dir is not None and (Path(restore_dir) / STATE_FILE).is_file():
         _copy_model_files(restore_dir, ckpt_dir)
         resume = load_train_state(Path(restore_dir) / STATE_FILE)
-    model = model_from_config(trial["model_config"], data["train"]).to(device)
+    model = build_model(trial["model_config"], data["train"]).to(device)
 
     def callback(epoch: int, metrics: dict, state: dict) -> None:
         if report is None:
@@ -212,18 +185,20 @@ def _copy_model_files(src: str | Path, dst: str | Path) -> None:
             shutil.copy2(item, Path(dst) / item.name)
 
 
-def _evaluate(trial: Mapping, test_set: Any, ckpt_dir: Path, store_dir: str,
+def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
               device: torch.device, timings: dict[str, float]) -> tuple[list[dict], dict]:
     """Rows for every kept epoch (clean, white-box, cross-task, transfer) + final metrics."""
     from mtl.attacks import AttackSpec
     from mtl.data import make_loader
     from mtl.evaluate import cross_task_rows, evaluate_attacks, evaluate_clean, evaluate_transfer
     from mtl.train import load_checkpoint
-    attacks = trial["attacks"]
+    run: RunConfig = trial["run"]
+    attacks = run.attacks
     specs = [AttackSpec(**s) for s in attacks["specs"]]
-    loader = make_loader(test_set, attacks["batch_size"])
+    loader = make_loader(data["test"], attacks["batch_size"])
     t0 = time.perf_counter()
-    targets = store.load_targets(trial["targets"], store_dir, device) if trial["targets"] else {}
+    targets = (store.load_targets(trial["targets"], store_dir, device, data["train"])
+               if trial["targets"] else {})
     labels = {t["id"]: t["label"] for t in trial["targets"]}
     targets = {labels[k]: m for k, m in targets.items()}
     timings["zoo"] = time.perf_counter() - t0
@@ -236,9 +211,10 @@ def _evaluate(trial: Mapping, test_set: Any, ckpt_dir: Path, store_dir: str,
                      "target_id": None, **row} for row in new)
 
     for epoch, path in sorted(checkpoint_paths(ckpt_dir).items()):
-        model, _ = load_checkpoint(str(path), device=device)
+        model = build_model(trial["model_config"], data["train"])
+        load_checkpoint(str(path), model=model, device=device)
         model.eval()
-        phase_seed = trial["seed"] * 100_003 + epoch  # attacks with random starts repeat exactly
+        phase_seed = trial["labels"]["seed"] * 100_003 + epoch  # attacks with random starts repeat exactly
         t0 = time.perf_counter()
         clean = evaluate_clean(model, loader)
         add("clean", epoch, [{"attack_method": "none", "objective": "none", "eps": 0.0,
@@ -249,9 +225,9 @@ def _evaluate(trial: Mapping, test_set: Any, ckpt_dir: Path, store_dir: str,
         timings["eval_clean"] = timings.get("eval_clean", 0.0) + time.perf_counter() - t0
         for phase, run in (("whitebox", lambda: evaluate_attacks(model, loader, specs)),
                            ("cross_task", lambda: cross_task_rows(
-                               model, loader, trial["cross_task"]["method"],
-                               trial["cross_task"]["eps"], trial["cross_task"]["steps"])
-                            if trial["cross_task"] else []),
+                               model, loader, run.cross_task["method"],
+                               run.cross_task["eps"], run.cross_task["steps"])
+                            if run.cross_task else []),
                            ("transfer", lambda: evaluate_transfer(model, targets, loader, specs)
                             if targets else [])):
             torch.manual_seed(phase_seed)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from orchestrator.spec import SpecError, describe, load_spec, parse_spec
-from orchestrator.trial import resolve_trial, sweep_base, trial_configs
+from orchestrator.trial import resolve_trial, sweep_context, trial_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,10 +137,11 @@ def test_valid_spec_expands_to_the_grid():
     assert len(trials) == spec.num_grid_trials() == 2 * 2 * 1 * 2 * 2
     assert len({t["trial_id"] for t in trials}) == len(trials)
     assert trials == trial_configs(parse_spec(base(), name="t"))  # deterministic ids
-    adv = [t for t in trials if t["adv_train"] != "none"][0]
-    assert adv["adv_train"] == "dgba-fgsm-eps4-k1-alternate"
-    assert adv["train"]["adv"]["objective"] == "dgba" and adv["train"]["keep_epochs"] == [2, 3]
-    assert {t["branch_point"] for t in trials} == {1, 4}
+    adv = [t for t in trials if t["labels"]["adv_train"] != "none"][0]
+    assert adv["labels"]["adv_train"] == "dgba-fgsm-eps4-k1-alternate"
+    assert adv["run"].training["adv"]["objective"] == "dgba"
+    assert adv["run"].training["keep_epochs"] == [2, 3]
+    assert {t["labels"]["branch_point"] for t in trials} == {1, 4}
     assert "grid of 16 trials" in describe(spec)
 
 
@@ -148,11 +149,12 @@ def test_searched_epochs_keep_the_epochs_that_fit():
     raw = with_("search", {"mode": "random", "metric": "whitebox_delta", "num_samples": 3,
                            "space": {"epochs": {"randint": [1, 3]}}})
     spec = parse_spec(raw, name="t")
-    config = {"base": sweep_base(spec), "layout": spec.layouts[0], "adv": None,
-              "optimizer": "sgd", "rho": 0.0, "seed": 0, "epochs": 2}
-    trial = resolve_trial(config)
-    assert trial["train"]["keep_epochs"] == [2] and trial["train"]["milestones"] == []
-    assert trial["train"]["epochs"] == 2
+    values = {"model.layout": spec.layouts[0], "adv_train": "none", "training.rho": 0.0,
+              "training.seed": 0, "training.epochs": 2}
+    trial = resolve_trial(sweep_context(spec), values)
+    train = trial["run"].training
+    assert train["keep_epochs"] == [2] and train["milestones"] == []
+    assert train["epochs"] == 2
     with pytest.raises(ValueError, match="search.mode"):
         trial_configs(spec)
 
@@ -200,7 +202,7 @@ def test_impossible_gpu_request_fails_before_any_trial(monkeypatch):
     """gpu: 0.25 on a GPU-less cluster: refused from ray.cluster_resources(), not left PENDING;
     a request bigger than every single node is refused too."""
     import ray
-    from orchestrator.sweep import check_cluster
+    from orchestrator.tuner import check_cluster
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "memory": 1e9})
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}},
                                                {"Alive": True, "Resources": {"CPU": 2.0}}])
@@ -232,7 +234,7 @@ def test_search_spec_builds_tunes_search_and_asha():
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
-    from orchestrator.sweep import _tuner_parts, param_space
+    from orchestrator.tuner import param_space, tuner_parts
     raw = with_("search", {"mode": "random", "num_samples": 6, "metric": "transfer_success",
                            "space": {"rho": {"loguniform": [0.01, 2.0]},
                                      "epochs": {"randint": [2, 3]}},
@@ -240,10 +242,11 @@ def test_search_spec_builds_tunes_search_and_asha():
     raw["max_concurrent"] = 3
     spec = parse_spec(raw, name="t", storage="/tmp/x")
     space = param_space(spec, "/tmp/x", "/tmp/x/models")
-    assert isinstance(space["rho"], tune.search.sample.Float)
-    assert space["epochs"].lower == 2 and space["epochs"].upper == 4  # inclusive high
-    assert space["layout"] == tune.grid_search(list(spec.layouts))
-    _, tune_config, run_config = _tuner_parts(spec)
+    axes = space["axis"]
+    assert isinstance(axes["training.rho"], tune.search.sample.Float)
+    assert axes["training.epochs"].lower == 2 and axes["training.epochs"].upper == 4  # inclusive
+    assert axes["model.layout"] == tune.grid_search(list(spec.layouts))
+    _, tune_config, run_config = tuner_parts(spec)
     assert tune_config.num_samples == 6 and tune_config.max_concurrent_trials is None
     assert isinstance(tune_config.search_alg, BasicVariantGenerator)
     assert tune_config.search_alg.max_concurrent == 3
@@ -267,7 +270,7 @@ def test_init_ray_joins_the_cluster_named_by_ray_address(monkeypatch: pytest.Mon
     """Inside a Ray job RAY_ADDRESS is set; passing num_cpus there makes ray.init fail."""
     import ray
 
-    from orchestrator.sweep import init_ray
+    from orchestrator.tuner import init_ray
 
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

@@ -1,7 +1,7 @@
-"""Typed readers for YAML that know where they are: each failure is one `SpecError` whose
-message starts with the YAML path of the bad value (``attacks.eps[1]: ...``) and lists what is
-allowed. The sweep spec (orchestrator/spec.py) and the sections parsed beside the code that uses
-them (search in sweep.py, transfer in store.py) all read through these."""
+"""Typed readers for config values that know where they are: each failure is one `ConfigError`
+whose message starts with the path of the bad value (``attacks.eps[1]: ...``) and lists what is
+allowed. The run configuration (mtl/config), the configs it builds (`TrainConfig.validate`) and
+the sweep spec (orchestrator/spec.py) all read through these, so a rule is written once."""
 from __future__ import annotations
 
 import difflib
@@ -9,12 +9,12 @@ import math
 from typing import Any
 
 
-class SpecError(ValueError):
-    """A malformed sweep spec; the message starts with the YAML path of the offending value."""
+class ConfigError(ValueError):
+    """A malformed config; the message starts with the path of the offending value."""
 
 
 def fail(path: str, message: str) -> None:
-    raise SpecError(f"{path}: {message}")
+    raise ConfigError(f"{path}: {message}")
 
 
 def show(values: Any) -> str:
@@ -32,11 +32,11 @@ class Node:
             if key not in keys:
                 close = difflib.get_close_matches(str(key), keys, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                fail(_join(path, key), f"unknown key{hint}; allowed keys: {show(keys)}")
+                fail(join(path, key), f"unknown key{hint}; allowed keys: {show(keys)}")
         self.value, self.path = value, path
 
     def at(self, key: str) -> str:
-        return _join(self.path, key)
+        return join(self.path, key)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.value.get(key, default)
@@ -47,7 +47,8 @@ class Node:
         return self.value[key]
 
 
-def _join(path: str, key: Any) -> str:
+def join(path: str, key: Any) -> str:
+    """``path.key`` (or ``key`` at the top)."""
     return f"{path}.{key}" if path else str(key)
 
 

@@ -10,23 +10,19 @@ rho > 0 with the SAM/RFN step (sam.py) over all trainable parameters or, with
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from mtl.config.reading import (as_bool, as_choice, as_float, as_int, check_unique, fail,
+                                join)
 from mtl.train.adversarial import AdvTrainConfig
 from mtl.train.fields import from_mapping
 from mtl.train.sharpness import SharpnessConfig
 
 OPTIMIZERS = ("sgd", "adam")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+MAX_EPOCHS = 10_000
+MAX_MOMENTUM = 0.999
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes an int64
 
 
 @dataclass(frozen=True)
@@ -62,57 +58,54 @@ class TrainConfig:
             object.__setattr__(self, "sharpness", SharpnessConfig.from_dict(self.sharpness))
         self.validate()
 
-    def validate(self) -> None:
-        """Raise one ValueError naming the first bad field and its allowed values."""
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                raise ValueError(f"{name}: must be an int >= 1, got {v!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, "
-                             f"got {self.optimizer!r}")
-        if not _is_num(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr: must be a finite number > 0, got {self.lr!r}")
-        if not _is_num(self.momentum) or not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum: must be a number in [0, 1), got {self.momentum!r}")
-        if not _is_num(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"weight_decay: must be a number >= 0, got {self.weight_decay!r}")
-        if not _is_num(self.gamma) or not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma: must be a number in (0, 1], got {self.gamma!r}")
-        self._check_epochs("milestones", low=2)
-        self._check_epochs("keep_epochs", low=1)
+    def validate(self, path: str = "") -> None:
+        """Raise one ConfigError (a ValueError) naming the first bad field — under ``path``
+        when given (``training.lr: ...``) — and its allowed values. The sweep YAML is checked
+        by this same method, so each rule lives here once."""
+        def at(name: str) -> str:
+            return join(path, name)
+
+        as_int(self.epochs, at("epochs"), 1, MAX_EPOCHS)
+        as_int(self.batch_size, at("batch_size"), 1)
+        as_choice(self.optimizer, at("optimizer"), OPTIMIZERS, "optimizer")
+        as_float(self.lr, at("lr"), 0.0, lo_open=True)
+        as_float(self.momentum, at("momentum"), 0.0, MAX_MOMENTUM)
+        as_float(self.weight_decay, at("weight_decay"), 0.0)
+        as_float(self.gamma, at("gamma"), 0.0, 1.0, lo_open=True)
+        # decays happen at an epoch's start, and epoch 1 has no previous rate to decay
+        self._check_epochs("milestones", low=2, path=path)
+        self._check_epochs("keep_epochs", low=1, path=path)
         if not isinstance(self.loss_weights, dict):
-            raise ValueError(f"loss_weights: must be a mapping task -> weight, "
-                             f"got {self.loss_weights!r}")
+            fail(at("loss_weights"), f"expected a mapping task -> weight, "
+                 f"got {self.loss_weights!r}")
         for task, w in self.loss_weights.items():
-            if not isinstance(task, str) or not _is_num(w) or w < 0:
-                raise ValueError(f"loss_weights: must map task names to numbers >= 0, "
-                                 f"got {task!r}: {w!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed: must be an int >= 0, got {self.seed!r}")
-        if not _is_num(self.rho) or self.rho < 0:
-            raise ValueError(f"rho: must be a number >= 0 (0 = base optimiser), got {self.rho!r}")
-        if not isinstance(self.sam_shared_only, bool):
-            raise ValueError(f"sam_shared_only: must be true or false, "
-                             f"got {self.sam_shared_only!r}")
+            if not isinstance(task, str):
+                fail(at("loss_weights"), f"task names must be strings, got {task!r}")
+            as_float(w, at(f"loss_weights.{task}"), 0.0)
+        as_int(self.seed, at("seed"), 0, MAX_SEED)
+        as_float(self.rho, at("rho"), 0.0)
+        as_bool(self.sam_shared_only, at("sam_shared_only"))
         if self.adv is not None:
             if not isinstance(self.adv, AdvTrainConfig):
-                raise ValueError(f"adv: must be an AdvTrainConfig, a mapping or None, "
-                                 f"got {type(self.adv).__name__}")
+                fail(at("adv"), f"must be an AdvTrainConfig, a mapping or None, "
+                     f"got {type(self.adv).__name__}")
             self.adv.validate()
         if self.sharpness is not None:
             if not isinstance(self.sharpness, SharpnessConfig):
-                raise ValueError(f"sharpness: must be a SharpnessConfig, a mapping or None, "
-                                 f"got {type(self.sharpness).__name__}")
+                fail(at("sharpness"), f"must be a SharpnessConfig, a mapping or None, "
+                     f"got {type(self.sharpness).__name__}")
             self.sharpness.validate()
 
-    def _check_epochs(self, name: str, low: int) -> None:
+    def _check_epochs(self, name: str, low: int, path: str) -> None:
         v = getattr(self, name)
-        allowed = f"strictly increasing ints in [{low}, epochs={self.epochs}]"
-        if not isinstance(v, tuple) or not all(_is_int(e) for e in v):
-            raise ValueError(f"{name}: must be a list of {allowed}, got {v!r}")
-        if any(e < low or e > self.epochs for e in v) or list(v) != sorted(set(v)):
-            raise ValueError(f"{name}: must be {allowed}, got {list(v)}")
+        where = join(path, name)
+        if not isinstance(v, tuple):
+            fail(where, f"expected a list of epochs, got {v!r}")
+        for i, e in enumerate(v):
+            as_int(e, f"{where}[{i}]", low, self.epochs)
+        check_unique(list(v), where)
+        if list(v) != sorted(v):
+            fail(where, f"expected increasing epochs, got {list(v)}")
 
     def weight(self, task: str) -> float:
         """The loss weight of `task` (1 when not listed)."""

@@ -8,9 +8,8 @@ lock: of two processes that need the same model only one trains it, the other wa
 reuses it. Locks need a local or shared POSIX filesystem (NFS with lockd, Lustre, ...); object
 stores cannot host the store.
 
-A model config is a JSON-able dict ``{"dataset": {...}, "model": {...}, "train": {...}}``:
-``dataset`` = ``{"name", "size", "train" (number of training samples), "seed", "root",
-"tasks"}``, ``model`` = ``{"layout", "tasks", "width"}``, ``train`` = ``TrainConfig.to_dict()``.
+A model config is `mtl.config.run.RunConfig.model_key()`: the JSON-able dict ``{"dataset",
+"tasks", "model", "train"}`` of everything that decides the trained weights.
 """
 from __future__ import annotations
 
@@ -28,11 +27,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from mtl.config.build import build_model, build_split
+
 COMPLETE = "COMPLETE"
 CONFIG = "config.json"
 HISTORY = "history.json"  # per-epoch records of the run (the epochs table)
-# Splits a dataset without its own test split reads instead (NYUv2 ships train + val).
-_SPLIT_FALLBACK = {"nyuv2": {"test": "val"}}
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -46,40 +45,14 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 def dataset_from_config(dataset: Mapping[str, Any], split: str, length: int | None = None
                         ) -> Dataset:
-    """The ``split`` of the dataset a model config names, cut to ``length`` samples (default:
-    the config's size of that split). Scenes render each split; NYUv2 reads its train and val
-    folders (val doubles as test, the usual NYUv2 protocol); Taskonomy has no split folders,
-    so its samples are cut into disjoint consecutive train / val / test ranges."""
-    from mtl.data import get_dataset, subset
-    name = dataset["name"]
-    if length is None:
-        length = dataset[split]
-    if name == "scenes":
-        return get_dataset("scenes", split, size=dataset["size"], length=length,
-                           seed=dataset.get("seed", 0), tasks=list(dataset["tasks"]))
-    kwargs = {"root": dataset["root"], "tasks": list(dataset["tasks"]), "size": dataset["size"]}
-    if name == "taskonomy":
-        full = get_dataset(name, None, **kwargs)
-        start = {"train": 0, "val": dataset["train"],
-                 "test": dataset["train"] + dataset.get("val", 0)}[split]
-    else:
-        full = get_dataset(name, _SPLIT_FALLBACK.get(name, {}).get(split, split), **kwargs)
-        start = 0
-    if start + length > len(full):
-        raise ValueError(f"dataset.{split}: {length} samples from index {start} requested, but "
-                         f"{name} at {dataset['root']!r} has {len(full)}")
-    return subset(full, start, start + length)
+    """The ``split`` of a config's dataset section, cut to ``length`` samples (default: the
+    config's size of that split); see `mtl.config.build.build_split`."""
+    return build_split(dataset, split, length)
 
 
 def model_from_config(config: Mapping[str, Any], dataset: Dataset) -> torch.nn.Module:
-    """A freshly initialised network for ``config["model"]`` with the dataset's head sizes.
-    Seeds torch with the training seed first, so initial weights depend only on the config."""
-    from mtl.models import build_model
-    torch.manual_seed(int(config["train"].get("seed", 0)))
-    model_cfg = config["model"]
-    channels = {t: dataset.task_channels[t] for t in model_cfg["tasks"]}
-    return build_model(model_cfg["layout"], list(model_cfg["tasks"]), channels,
-                       width=model_cfg["width"])
+    """A freshly initialised model for a model config (torch seeded with its training seed)."""
+    return build_model(config, dataset)
 
 
 def entry_dir(store_dir: str | os.PathLike, key: str) -> Path:
@@ -194,10 +167,12 @@ def checkpoint_paths(entry: str | os.PathLike) -> dict[int, Path]:
     return out
 
 
-def load_model(entry: str | os.PathLike, epoch: int | None = None,
-               device: torch.device | str | None = None) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, checkpoint metadata) of a store entry at ``epoch``
-    (default: its last kept epoch)."""
+def load_model(entry: str | os.PathLike, config: Mapping[str, Any], dataset: Dataset,
+               epoch: int | None = None, device: torch.device | str | None = None
+               ) -> torch.nn.Module:
+    """The model of a store entry at ``epoch`` (default: its last kept epoch) in eval mode:
+    built from ``config`` (the caller's own, never the entry's JSON) and loaded with
+    weights-only torch.load."""
     from mtl.train.checkpoints import load_checkpoint
     paths = checkpoint_paths(entry)
     if not paths:
@@ -206,7 +181,6 @@ def load_model(entry: str | os.PathLike, epoch: int | None = None,
         epoch = max(paths)
     if epoch not in paths:
         raise ValueError(f"epoch: {epoch} not kept in {str(entry)!r}; kept: {sorted(paths)}")
-    model, meta = load_checkpoint(str(paths[epoch]))
-    if device is not None:
-        model = model.to(device)
-    return model.eval(), meta
+    model = build_model(config, dataset)
+    load_checkpoint(str(paths[epoch]), model=model, device=device)
+    return model.eval()

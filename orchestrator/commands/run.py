@@ -22,6 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of this sweep: finished trials are kept, "
                           "interrupted ones continue from their last epoch")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything that can be checked without training (spec, "
+                          "plugins, data, one batch through the model, losses, metrics, "
+                          "storage), print the trial grid and exit; starts and writes nothing")
     run.set_defaults(func=_run)
     resume = subparsers.add_parser(
         "resume", help="finish an interrupted sweep",
@@ -36,6 +40,10 @@ def _run(args: argparse.Namespace) -> int:
     from orchestrator.spec import describe, load_spec
     from orchestrator.sweep import run_sweep
     spec = load_spec(args.sweep, name=args.name, storage=args.storage)
+    if args.dry_run:
+        from orchestrator.dryrun import dry_run
+        print(dry_run(spec))
+        return 0
     print(describe(spec), flush=True)
     return report(run_sweep(spec, storage=spec.storage, address=args.address,
                             resume=args.resume))

@@ -1,0 +1,78 @@
+"""`RunConfig`: one trial's whole configuration, parsed and validated in one place.
+
+A run configuration is the YAML mapping a sweep file holds without its orchestration keys::
+
+    dataset:  {name: scenes | factory: pkg.mod:fn, train: 512, val: 128, test: 128, ...}
+    tasks:    [segment_semantic, {name: saliency, loss: pkg:fn, metric: pkg:Cls, ...}]
+    model:    {factory: pkg.mod:build (default: the built-in network), layout: 3, width: 16}
+    training: {epochs, lr, optimizer, rho, seed, ...}       # mtl.train.TrainConfig
+    adv_train: none | {objective, method, eps, steps, mix}  # mtl.train.AdvTrainConfig
+    sharpness: null | {...}                                 # mtl.train.SharpnessConfig
+    attacks:  {methods, objectives, eps, steps, eval_samples, batch_size, options}
+    cross_task: false | true | {method, eps, steps}
+
+`parse_run_config` reads it into a frozen `RunConfig` of plain JSON-able values (so it crosses
+process boundaries and hashes stably) or raises one `ConfigError` starting with the path of the
+first bad value. Every sweep trial is such a mapping with its axis values written in by path.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mtl.config.evaluation import parse_attacks, parse_cross_task
+from mtl.config.reading import Node
+from mtl.config.sections import parse_dataset, parse_model, parse_tasks, task_names_of
+from mtl.config.training import adv_label, parse_adv, parse_sharpness, parse_training
+
+RUN_KEYS = ("dataset", "tasks", "model", "training", "adv_train", "sharpness", "attacks",
+            "cross_task")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated trial configuration (JSON-able values; see the module docstring)."""
+
+    dataset: dict
+    tasks: tuple[dict, ...]
+    model: dict
+    training: dict
+    attacks: dict
+    cross_task: dict | None
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return task_names_of(self.tasks)
+
+    @property
+    def adv_label(self) -> str:
+        """``none`` or the adversarial-training label (a results column)."""
+        return adv_label(self.training.get("adv"))
+
+    def model_key(self) -> dict:
+        """Everything that decides the trained weights (what the model store hashes):
+        validation/test sizes and the attacks do not change the model, so they are left out."""
+        data = {k: v for k, v in self.dataset.items() if k not in ("val", "test")}
+        return {"dataset": data, "tasks": [dict(t) for t in self.tasks],
+                "model": dict(self.model), "train": dict(self.training)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_run_config(raw: Mapping) -> RunConfig:
+    """Validate a run-configuration mapping (module docstring) into a `RunConfig`."""
+    top = Node(raw, "", RUN_KEYS)
+    tasks = parse_tasks(top.require("tasks"))
+    names = task_names_of(tasks)
+    dataset = parse_dataset(top.require("dataset"), tasks)
+    model = parse_model(top.get("model"), tasks)
+    adv = parse_adv(top.get("adv_train"), "adv_train", names)
+    sharpness = parse_sharpness(top.get("sharpness"))
+    training = parse_training(top.require("training"), names, adv, sharpness)
+    attacks = parse_attacks(top.require("attacks"), names)
+    cross = parse_cross_task(top.get("cross_task", False), names)
+    return RunConfig(dataset=dataset, tasks=tasks, model=model, training=training,
+                     attacks=attacks, cross_task=cross)

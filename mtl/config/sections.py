@@ -1,0 +1,189 @@
+"""The data-side sections of a run configuration: ``dataset``, ``tasks`` and ``model``.
+
+Each reader validates its YAML section (types, names, import paths, keys the plugin accepts)
+and returns a plain JSON-able dict; the registries in mtl.data, mtl.models and mtl.tasks own
+what a name means, so the same doors serve built-ins and users' code.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mtl.config.reading import (ConfigError, Node, as_choice, as_int, as_list, check_unique,
+                                fail, show)
+from mtl.models.layout import Layout, enumerate_layouts
+from mtl.plugins import is_import_path, load_object
+
+DEFAULT_MODEL = "resnet"
+TASK_KEYS = ("name", "loss", "metric", "channels", "kind")
+TASK_KINDS = ("dense", "image")
+MAX_SAMPLES = 10**9
+
+
+def _source(node: Node, default: str | None) -> str:
+    """``name`` (a registered name) or ``factory`` (an import path or a registered name)."""
+    if "name" in node.value and "factory" in node.value:
+        fail(node.at("factory"), "give either name (a registered one) or factory (an import "
+             "path 'package.module:attribute'), not both")
+    key = "factory" if "factory" in node.value else "name"
+    value = node.get(key, default)
+    if value is None:
+        fail(node.at("name"), "required: a registered name or factory: package.module:attr")
+    if not isinstance(value, str) or not value:
+        fail(node.at(key), f"expected a registered name or an import path "
+             f"'package.module:attribute', got {value!r}")
+    return value
+
+
+def _call(check: Any, where: str, *args: Any, **kwargs: Any) -> Any:
+    """Run a registry's check; a ValueError that does not name its field gets ``where``."""
+    try:
+        return check(*args, **kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        text = str(err)
+        head = text.split(":", 1)[0]
+        raise ConfigError(text if head.startswith(where.split(".")[0]) else f"{where}: {text}"
+                          ) from None
+
+
+def parse_tasks(raw: Any) -> tuple[dict, ...]:
+    """``tasks``: registered names, or ``{name, loss, metric, channels, kind}`` for a task of
+    the user's own (registered on the spot, in this process, from its import paths)."""
+    from mtl import tasks as registry
+    out: list[dict] = []
+    for i, item in enumerate(as_list(raw, "tasks")):
+        path = f"tasks[{i}]"
+        if isinstance(item, str):
+            as_choice(item, path, registry.task_names(), "task")
+            out.append({"name": item})
+            continue
+        node = Node(item, path, TASK_KEYS)
+        name = node.require("name")
+        if not isinstance(name, str) or not name:
+            fail(node.at("name"), f"expected a task name, got {name!r}")
+        spec: dict[str, Any] = {"name": name}
+        if "loss" in node.value or "metric" in node.value:
+            for key in ("loss", "metric"):
+                value = node.require(key)
+                if not is_import_path(value):
+                    fail(node.at(key), f"expected an import path 'package.module:attribute', "
+                         f"got {value!r}")
+                _call(load_object, node.at(key), value, node.at(key))
+                spec[key] = value
+            spec["kind"] = as_choice(node.get("kind", "dense"), node.at("kind"), TASK_KINDS,
+                                     "kind")
+            if node.get("channels") is not None:
+                spec["channels"] = as_int(node.get("channels"), node.at("channels"), 1, 100_000)
+            _call(registry.task_from_paths, path, name, spec["loss"], spec["metric"],
+                  channels=spec.get("channels"), kind=spec["kind"])
+        else:
+            as_choice(name, node.at("name"), registry.task_names(), "task")
+            extra = sorted(set(node.value) - {"name", "channels"})
+            if extra:
+                fail(node.at(extra[0]), "only for a task of your own (with loss and metric)")
+            if node.get("channels") is not None:
+                spec["channels"] = as_int(node.get("channels"), node.at("channels"), 1, 100_000)
+        out.append(spec)
+    check_unique([t["name"] for t in out], "tasks")
+    return tuple(out)
+
+
+def task_names_of(tasks: Sequence[Mapping]) -> tuple[str, ...]:
+    return tuple(t["name"] for t in tasks)
+
+
+SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT_SIZES = {"train": 512, "val": 128, "test": 128}
+
+
+def parse_dataset(raw: Any, tasks: Sequence[Mapping]) -> dict:
+    """``dataset``: a registered ``name`` (scenes, nyuv2, taskonomy, ...) or a ``factory``
+    import path, the samples used per split (``train``/``val``/``test``) and every other key,
+    which goes to the factory (checked against its signature here, before any work)."""
+    from mtl import data
+    if not isinstance(raw, Mapping):
+        fail("dataset", f"expected a mapping with name or factory, got {raw!r}")
+    keys = tuple(raw)
+    node = Node(raw, "dataset", keys)
+    source = _source(node, None)
+    _call(data.dataset_factory, "dataset.factory" if "factory" in raw else "dataset.name",
+          source)
+    sizes = {split: as_int(node.get(split, DEFAULT_SPLIT_SIZES[split]), node.at(split), 1,
+                           MAX_SAMPLES) for split in SPLITS}
+    options = {k: v for k, v in raw.items() if k not in ("name", "factory", *SPLITS)}
+    _call(data.check_dataset_options, "dataset", source, options, path="dataset")
+    return {"source": source, **sizes, "options": options,
+            "tasks": list(task_names_of(tasks))}
+
+
+def parse_model(raw: Any, tasks: Sequence[Mapping], layout: Any = None,
+                layout_path: str = "model.layout") -> dict:
+    """``model``: the built-in network (default) or a ``factory``; a ``layout`` (an int
+    branch point or a canonical layout string) for factories that take one; every other key
+    goes to the factory (checked against its signature)."""
+    from mtl import models
+    raw = {} if raw is None else raw
+    if not isinstance(raw, Mapping):
+        fail("model", f"expected a mapping (factory, layout, options), got {raw!r}")
+    node = Node(raw, "model", tuple(raw))
+    source = _source(node, DEFAULT_MODEL)
+    where = "model.factory" if "factory" in raw else "model.name"
+    factory = _call(models.model_factory, where, source)
+    options = {k: v for k, v in raw.items() if k not in ("name", "factory", "layout")}
+    _call(models.check_model_options, "model", source, options, path="model")
+    if layout is None and "layout" in raw:
+        layout = raw["layout"]
+    takes_layout = models.accepts_layout(source)
+    if layout is not None and not takes_layout:
+        fail(layout_path, f"model {source!r} takes no `layout` argument, so layouts cannot be "
+             "set or swept for it; remove the layout, or add a `layout` parameter to the "
+             "factory")
+    if layout is None and takes_layout and getattr(factory, "num_blocks", None):
+        layout = factory.num_blocks  # the built-in default: every block shared
+    canonical = (parse_layout(layout, layout_path, len(tasks), getattr(factory, "num_blocks",
+                                                                        None))
+                 if layout is not None else None)
+    return {"source": source, "layout": canonical, "options": options}
+
+
+def parse_layout(item: Any, path: str, num_tasks: int, num_blocks: int | None) -> str:
+    """An int is a branch point k (share blocks < k, then every task alone); a string is a
+    canonical layout like ``0+1+2|0+1+2|0,1+2|0,1,2|0,1,2``."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        if num_blocks is None:
+            fail(path, "a branch point needs the model's number of blocks (its factory has "
+                 "no num_blocks attribute); give a layout string")
+        as_int(item, path, 0, num_blocks)
+        return str(Layout.branch_point(item, num_tasks, num_blocks))
+    if not isinstance(item, str):
+        fail(path, f"expected a branch point 0..{num_blocks}, a layout string like "
+             f"'0+1+2|0+1+2|0,1+2|0,1,2|0,1,2' or 'all', got {item!r}")
+    try:
+        layout = Layout.parse(item)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if layout.num_tasks != num_tasks or (num_blocks is not None
+                                         and layout.num_blocks != num_blocks):
+        fail(path, f"layout {item!r} has {layout.num_tasks} tasks and {layout.num_blocks} "
+             f"blocks; allowed: {num_tasks} tasks (as in `tasks`)"
+             + (f" and {num_blocks} blocks" if num_blocks is not None else ""))
+    return str(layout)
+
+
+def expand_layouts(raw: Any, path: str, num_tasks: int, num_blocks: int | None) -> list:
+    """The legacy ``layouts`` axis: a list of branch points / strings, or ``all``."""
+    if raw == "all":
+        if num_blocks is None:
+            fail(path, "`all` needs the model's number of blocks (num_blocks)")
+        return [str(lay) for lay in enumerate_layouts(num_tasks, num_blocks)]
+    items = as_list(raw, path)
+    canonical = [parse_layout(x, f"{path}[{i}]", num_tasks, num_blocks)
+                 for i, x in enumerate(items)]
+    check_unique(canonical, path)
+    return canonical
+
+
+def show_tasks(tasks: Sequence[Mapping]) -> str:
+    return show(task_names_of(tasks))

@@ -1,0 +1,167 @@
+"""Sweep axes: any run-configuration field, named by its dotted path, with a list of values.
+
+``axes: {training.lr: [0.01, 0.003], model.width: [8, 16]}`` sweeps those fields; the legacy
+spellings (``layouts: [...]``, ``adv_train: [...]``, lists in ``training.optimizer``,
+``training.rho`` and ``training.seeds``) are read into the same `Axis` values. Each value is
+checked by mtl's own rules (`parse_run_config` on the base with that value written in), and
+an error is reported where the user wrote the value (``axes.training.lr[1]: ...``).
+Every axis declared under ``axes`` becomes a results column named by its path.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mtl.config.paths import get_path, pop_path, reroot, set_path
+from mtl.config.reading import ConfigError, as_list, check_unique, fail
+from mtl.config.run import RUN_KEYS, RunConfig, parse_run_config
+
+# Legacy list spellings: (where the list is written, the field one trial gets).
+LEGACY = (("adv_train", "adv_train"), ("training.optimizer", "training.optimizer"),
+          ("training.rho", "training.rho"), ("training.seeds", "training.seed"))
+# Sweeping more than this many combinations checks each value alone, not every combination.
+FULL_CHECK_LIMIT = 512
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept field: its dotted ``path`` in the run config, its ``values``, where the user
+    wrote it (``source``, for messages) and its results column (None: a core column has it)."""
+
+    path: str
+    values: tuple
+    source: str
+    column: str | None = None
+
+
+def legacy_axes(raw: dict, parse_layouts: Callable[[Any], list]) -> tuple[dict, list[Axis]]:
+    """(the run-config mapping without the legacy axis lists, those axes)."""
+    base = {k: v for k, v in raw.items() if k in RUN_KEYS}
+    axes: list[Axis] = []
+    if "layouts" in raw:
+        axes.append(Axis("model.layout", tuple(parse_layouts(raw["layouts"])), "layouts"))
+    if isinstance(base.get("training"), Mapping):
+        base["training"] = dict(base["training"])
+    for source, path in LEGACY:
+        value = get_path(base, source, None)
+        if value is None or (source == "adv_train" and not isinstance(value, list)) or \
+                (source != "training.seeds" and not isinstance(value, list)):
+            continue
+        values = as_list(value, source)
+        check_unique(values, source)
+        pop_path(base, source)
+        axes.append(Axis(path, tuple(values), source))
+    return base, axes
+
+
+def parse_axes(raw: Any, base: Mapping, legacy: Sequence[Axis]) -> list[Axis]:
+    """``axes: {dotted.path: [values]}``; a path must name a run-config field."""
+    if not isinstance(raw, Mapping):
+        fail("axes", f"expected a mapping dotted.path -> list of values, got {raw!r}")
+    taken = {a.path: a.source for a in legacy}
+    out = []
+    for path, values in raw.items():
+        where = f"axes.{path}"
+        if not isinstance(path, str) or path.split(".")[0] not in RUN_KEYS or \
+                not all(path.split(".")):
+            fail(where, f"not a config field; an axis is the dotted path of a run-config "
+                 f"field, starting with one of {', '.join(RUN_KEYS)} (e.g. training.lr)")
+        if path in taken:
+            fail(where, f"{path} is already swept by {taken[path]}")
+        items = as_list(values, where)
+        check_unique(items, where)
+        out.append(Axis(path, tuple(items), where, None if path == "adv_train" else path))
+        taken[path] = where
+    return out
+
+
+def with_values(base: Mapping, values: Mapping[str, Any]) -> dict:
+    """The run-config mapping of one trial: ``base`` with each axis value at its path.
+
+    A swept ``training.epochs`` keeps the kept epochs and LR milestones that fit and always
+    keeps the last epoch (early-stopping checkpoints of a shorter run)."""
+    raw = dict(base)
+    for path, value in values.items():
+        raw = set_path(raw, path, value)
+    epochs = values.get("training.epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and \
+            isinstance(raw.get("training"), Mapping):
+        training = dict(raw["training"])
+        keep = training.get("keep_epochs", [epochs])
+        keep = keep if isinstance(keep, list) else [keep]
+        training["keep_epochs"] = sorted({k for k in keep if _fits(k, epochs)} | {epochs})
+        miles = training.get("milestones", [])
+        miles = miles if isinstance(miles, list) else [miles]
+        training["milestones"] = [m for m in miles if _fits(m, epochs)]
+        raw["training"] = training
+    return raw
+
+
+def _fits(epoch: Any, epochs: int) -> bool:
+    return not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= epochs
+
+
+def check_value(base: Mapping, axis: Axis, index: int, others: Mapping[str, Any]) -> RunConfig:
+    """Parse the run config with ``axis`` at its ``index``-th value; errors name the value."""
+    raw = with_values(base, {**others, axis.path: axis.values[index]})
+    try:
+        return parse_run_config(raw)
+    except ConfigError as err:
+        text = str(err)
+        if text.startswith(axis.path.split(".")[0]) and not (
+                text.startswith(axis.path + ":") or text.startswith(axis.path + ".")
+                or text.startswith(axis.path + "[")):
+            raise ConfigError(f"{axis.source}[{index}]: with {axis.path} = "
+                              f"{axis.values[index]!r}: {text}") from None
+        raise reroot(err, axis.path, f"{axis.source}[{index}]") from None
+
+
+def validate_axes(base: Mapping, axes: Sequence[Axis], search: Mapping) -> RunConfig:
+    """Check every axis value (and every combination, while there are few) and every
+    searched bound; returns the run config with each axis at its first value."""
+    firsts = {a.path: a.values[0] for a in axes}
+    for path, dist in search.get("space", {}).items():
+        firsts.setdefault(path, dist["values"][0])
+    try:
+        run = parse_run_config(with_values(base, firsts))
+    except ConfigError as err:
+        bad = next((a for a in axes if str(err).startswith(a.path)), None)
+        if bad is None:
+            raise
+        raise reroot(err, bad.path, f"{bad.source}[0]") from None
+    for axis in axes:
+        if axis.path == "model.layout" and axis.source == "layouts":
+            continue  # read against the model's blocks already; 7,556 trees need no re-parse
+        for i in range(1, len(axis.values)):
+            check_value(base, axis, i, firsts)
+    for path, dist in search.get("space", {}).items():
+        probe = Axis(path, tuple(dist["values"]), f"search.space.{path}.{dist['kind']}")
+        for i in range(len(probe.values)):
+            check_value(base, probe, i, firsts)
+    small = [a for a in axes if a.source != "layouts"]
+    if 1 < _product(small) <= FULL_CHECK_LIMIT:
+        for combo in itertools.product(*(a.values for a in small)):
+            values = dict(zip((a.path for a in small), combo))
+            try:
+                parse_run_config(with_values(base, {**firsts, **values}))
+            except ConfigError as err:
+                shown = ", ".join(f"{p} = {v!r}" for p, v in values.items())
+                raise ConfigError(f"axes: the combination {shown} is invalid: {err}") from None
+    return run
+
+
+def _product(axes: Sequence[Axis]) -> int:
+    n = 1
+    for axis in axes:
+        n *= len(axis.values)
+    return n
+
+
+def column_value(value: Any) -> Any:
+    """An axis value as a results cell: scalars as they are, anything else as sorted JSON."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, sort_keys=True)
