@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtl.attacks.registry import get_objective, registered_task_names, split_objective
+from mtl.attacks.registry import get_objective, split_objective
+from mtl.tasks import task_names
 
 
 def declared_tasks(model: nn.Module, tasks: Iterable[str] | None = None
@@ -31,7 +32,7 @@ def declared_tasks(model: nn.Module, tasks: Iterable[str] | None = None
         raise ValueError(f"{source}: must be a list of task names, got the string {tasks!r}; "
                          f"write [{tasks!r}]")
     tasks = tuple(tasks)
-    known = registered_task_names()
+    known = task_names()
     unknown = [t for t in tasks if t not in known]
     if unknown or not tasks:
         raise ValueError(f"{source}: unknown task(s) {unknown or '(none given)'}; allowed: "
@@ -75,14 +76,14 @@ def attacked_tasks(model: nn.Module, batch: Mapping[str, Tensor], objective: str
     elif tasks is not None:
         chosen, requested = declared, True
     else:
-        pool = declared if declared is not None else registered_task_names()
+        pool = declared if declared is not None else task_names()
         chosen, requested = tuple(t for t in pool if t in batch), False
     missing = [t for t in chosen if t not in batch]
     if missing:
         raise ValueError(f"batch: no label for task(s) {missing} that objective {objective!r} "
                          f"attacks; add batch[{missing[0]!r}] or attack other tasks")
     if not chosen and not requested:
-        pool = list(declared) if declared is not None else list(registered_task_names())
+        pool = list(declared) if declared is not None else list(task_names())
         raise ValueError(f"batch: no task labels; objective {objective!r} needs a label for at "
                          f"least one of {pool}; got keys {sorted(map(str, batch))}")
     return chosen

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-import mtl.tasks
 from mtl.attacks.base import AttackMethod
 from mtl.attacks.objective import Objective
+from mtl.tasks import task_names
 
 _OBJECTIVES: dict[str, Objective] = {}
 _METHODS: dict[str, type[AttackMethod]] = {}
@@ -22,12 +22,6 @@ _ALIASES: dict[str, str] = {}  # alias -> canonical method name
 
 OBJECTIVES: Mapping[str, Objective] = MappingProxyType(_OBJECTIVES)  # read-only views
 METHODS: Mapping[str, type[AttackMethod]] = MappingProxyType(_METHODS)
-
-
-def registered_task_names() -> tuple[str, ...]:
-    """Every task name the task registry knows."""
-    # TODO: use mtl.tasks.task_names() directly once it has landed in mtl/tasks.py.
-    return tuple(getattr(mtl.tasks, "task_names", lambda: mtl.tasks.TASK_NAMES)())
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -80,7 +74,7 @@ def method_names() -> list[str]:
 def objective_names(tasks: Iterable[str] | None = None) -> list[str]:
     """Every objective name valid for a model with these tasks (default: every registered
     task): `<name>:<task>` for per-task objectives, then the others, in registration order."""
-    tasks = registered_task_names() if tasks is None else tuple(tasks)
+    tasks = task_names() if tasks is None else tuple(tasks)
     return ([f"{o.name}:{t}" for o in _OBJECTIVES.values() if o.per_task for t in tasks]
             + [o.name for o in _OBJECTIVES.values() if not o.per_task])
 
@@ -134,7 +128,7 @@ def validate_attack(method: Any, objective: Any, eps: Any, steps: Any,
 
     `tasks`: the model's tasks (for `<name>:<task>` objectives); None: every registered task.
     """
-    tasks = registered_task_names() if tasks is None else tuple(tasks)
+    tasks = task_names() if tasks is None else tuple(tasks)
     problems = []
     method_cls = _METHODS.get(canonical_method(method)) if isinstance(method, str) else None
     if method_cls is None:
