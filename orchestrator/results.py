@@ -28,6 +28,7 @@ SCHEMA_VERSION = 2
 
 METADATA_KEY = b"mtlsweep.schema_version"
 TABLE_KEY = b"mtlsweep.table"
+AXIS_KEY = b"mtlsweep.axis"  # field metadata marking a sweep-axis column
 TMP_MARKER = ".tmp-"
 
 # --- the schema, in one place -------------------------------------------------------------------
@@ -210,7 +211,8 @@ def validate_rows(table: str, sweep: str, trial_id: str, rows: list[dict],
     for name in sorted(axis_values):
         value = axis_values[name]
         typ = axis_type(value)
-        out = out.append_column(pa.field(name, typ), pa.array([value] * len(rows), type=typ))
+        out = out.append_column(pa.field(name, typ, metadata={AXIS_KEY: b"1"}),
+                                pa.array([value] * len(rows), type=typ))
     return out
 
 
@@ -348,7 +350,7 @@ def _axis_columns(files: list[str], table: str) -> dict[str, pl.DataType]:
         fs, inner = _resolve(path)
         arrow = pq.read_schema(inner, filesystem=fs)
         for field in arrow:
-            if field.name not in known:
+            if field.name not in known and (field.metadata or {}).get(AXIS_KEY) == b"1":
                 dtype = pl.from_arrow(pa.array([], type=field.type)).dtype
                 found.setdefault(field.name, set()).add(dtype)
     out: dict[str, pl.DataType] = {}

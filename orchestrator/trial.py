@@ -193,6 +193,7 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
     from mtl.evaluate import cross_task_rows, evaluate_attacks, evaluate_clean, evaluate_transfer
     from mtl.train import load_checkpoint
     run: RunConfig = trial["run"]
+    cross = run.cross_task
     attacks = run.attacks
     specs = [AttackSpec(**s) for s in attacks["specs"]]
     loader = make_loader(data["test"], attacks["batch_size"])
@@ -223,16 +224,15 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
                              for task, metrics in clean.items()
                              for metric, value in metrics.items()])
         timings["eval_clean"] = timings.get("eval_clean", 0.0) + time.perf_counter() - t0
-        for phase, run in (("whitebox", lambda: evaluate_attacks(model, loader, specs)),
+        for phase, job in (("whitebox", lambda: evaluate_attacks(model, loader, specs)),
                            ("cross_task", lambda: cross_task_rows(
-                               model, loader, run.cross_task["method"],
-                               run.cross_task["eps"], run.cross_task["steps"])
-                            if run.cross_task else []),
+                               model, loader, cross["method"], cross["eps"], cross["steps"])
+                            if cross else []),
                            ("transfer", lambda: evaluate_transfer(model, targets, loader, specs)
                             if targets else [])):
             torch.manual_seed(phase_seed)
             t0 = time.perf_counter()
-            add(phase, epoch, run())
+            add(phase, epoch, job())
             timings[f"eval_{phase}"] = timings.get(f"eval_{phase}", 0.0) + \
                 time.perf_counter() - t0
     return rows, final_metrics(rows)

@@ -43,9 +43,10 @@ def test_schema_has_the_documented_columns_and_version_metadata() -> None:
     assert schema("timings").names == ["schema_version", "sweep", "trial_id", "attempt",
                                        "phase", "seconds"]
     m = schema("measurements")
-    for nullable in ("branch_point", "clean", "adv", "rel_change", "target_id"):
+    # schema 2: layout is null for a model without layouts (a user's own model)
+    for nullable in ("branch_point", "clean", "adv", "rel_change", "target_id", "layout"):
         assert m.field(nullable).nullable
-    for key in ("sweep", "trial_id", "layout", "eps", "objective", "task", "metric", "epoch"):
+    for key in ("sweep", "trial_id", "eps", "objective", "task", "metric", "epoch"):
         assert not m.field(key).nullable
     assert m.metadata[results.METADATA_KEY] == str(SCHEMA_VERSION).encode()
 
@@ -103,7 +104,7 @@ def test_reader_ignores_temp_and_hidden_files(tmp_path: Path) -> None:
     ("eps", "eight", "'eps' must be a float"),
     ("steps", 2.5, "'steps' must be an int"),
     ("seed", True, "'seed' must be an int"),
-    ("layout", None, "'layout' is required"),
+    ("optimizer", None, "'optimizer' is required"),
     ("kind", "blackbox", "'kind' must be one of clean, whitebox, cross_task, transfer"),
     ("colour", "red", "unknown column 'colour'"),
     ("trial_id", "other", "column 'trial_id' is 'other'"),

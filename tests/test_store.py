@@ -19,12 +19,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(seed: int = 0, epochs: int = 1) -> dict:
-    return {"dataset": {"name": "scenes", "size": 16, "train": 16, "seed": 0, "root": None,
-                        "tasks": ["segment_semantic", "scene_class"]},
-            "model": {"layout": "0+1|0+1|0,1|0,1|0,1", "tasks": ["segment_semantic",
-                                                                "scene_class"], "width": 4},
-            "train": {"epochs": epochs, "batch_size": 8, "keep_epochs": [epochs], "seed": seed,
-                      "lr": 0.01}}
+    """A model config as the store keys it (`RunConfig.model_key()`)."""
+    from mtl.config.run import parse_run_config
+    return parse_run_config({
+        "dataset": {"name": "scenes", "size": 16, "train": 16, "seed": 0},
+        "tasks": ["segment_semantic", "scene_class"],
+        "model": {"layout": "0+1|0+1|0,1|0,1|0,1", "width": 4},
+        "training": {"epochs": epochs, "batch_size": 8, "keep_epochs": [epochs], "seed": seed,
+                     "lr": 0.01},
+        "attacks": {"methods": ["fgsm"], "objectives": ["total"], "eps": [8]}}).model_key()
+
+
+def tiny_model(entry, config: dict, epoch: int | None = None):
+    """The stored model of ``config`` (heads sized by its training split)."""
+    from mtl.config.build import build_split
+    return zoo.load_model(entry, config, build_split(config["dataset"], "train"), epoch)
 
 
 def test_config_hash_is_canonical():
@@ -56,20 +65,20 @@ def test_ensure_models_trains_once_and_reuses(tmp_path, monkeypatch):
         assert sorted(zoo.checkpoint_paths(path)) == [1]
     again = zoo.ensure_models(configs, tmp_path)
     assert again == entries and len(calls) == 2  # found, not retrained
-    model, meta = zoo.load_model(entries[zoo.config_hash(tiny_config(1))])
+    model = tiny_model(entries[zoo.config_hash(tiny_config(1))], tiny_config(1))
     assert not model.training and list(model.tasks) == ["segment_semantic", "scene_class"]
     out = model(torch.rand(2, 3, 16, 16))
     assert out["scene_class"].shape[0] == 2
     with pytest.raises(ValueError, match="epoch: 7 not kept"):
-        zoo.load_model(entries[zoo.config_hash(tiny_config(1))], epoch=7)
+        tiny_model(entries[zoo.config_hash(tiny_config(1))], tiny_config(1), epoch=7)
     assert not list(tmp_path.glob("*.partial-*"))
 
 
 def test_same_config_trains_identical_weights(tmp_path):
     a = zoo.ensure_models([tiny_config(3)], tmp_path / "a")
     b = zoo.ensure_models([tiny_config(3)], tmp_path / "b")
-    wa = zoo.load_model(next(iter(a.values())))[0].state_dict()
-    wb = zoo.load_model(next(iter(b.values())))[0].state_dict()
+    wa = tiny_model(next(iter(a.values())), tiny_config(3)).state_dict()
+    wb = tiny_model(next(iter(b.values())), tiny_config(3)).state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -206,7 +215,7 @@ def test_real_dataset_splits(tmp_path):
                 if modality == "label":
                     array = rng.integers(0, 13, shape).astype(np.float32)
                 np.save(folder / f"{i}.npy", array)
-    config = {"name": "nyuv2", "root": str(tmp_path), "size": 16, "seed": 0,
+    config = {"source": "nyuv2", "options": {"root": str(tmp_path), "size": 16},
               "tasks": ["segment_semantic", "depth_zbuffer"], "train": 3, "val": 2, "test": 2}
     train = zoo.dataset_from_config(config, "train")
     test = zoo.dataset_from_config(config, "test")

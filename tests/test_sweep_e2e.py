@@ -99,8 +99,8 @@ def test_grid_sweep_rows_match_the_spec(local_ray, tmp_path, capsys):
     assert set(frame.filter(pl.col("kind") == "cross_task")["objective"]) == \
         {f"single:{t}" for t in TASKS}
     # the axis labels are those of the trials
-    labels = {(t["trial_id"], t["layout"], t["adv_train"], t["rho"], t["branch_point"])
-              for t in trials}
+    labels = {(t["trial_id"], t["labels"]["layout"], t["labels"]["adv_train"],
+               t["labels"]["rho"], t["labels"]["branch_point"]) for t in trials}
     assert set(frame.select("trial_id", "layout", "adv_train", "rho", "branch_point")
                .unique().iter_rows()) == labels
     clean = frame.filter(pl.col("kind") == "clean")
@@ -144,5 +144,6 @@ def test_random_search_over_rho_reports_the_best(local_ray, tmp_path, monkeypatc
              .group_by("rho").agg(pl.col("rel_change").mean()))
     best = means.sort("rel_change")[0]
     assert outcome.best["metric"] == "whitebox_delta"
-    assert outcome.best["rho"] == pytest.approx(best["rho"].item())
+    assert outcome.best["config"]["training.rho"] == pytest.approx(best["rho"].item())
+    assert frame["training.rho"].to_list() == frame["rho"].to_list()  # searched = a column
     assert outcome.best["value"] == pytest.approx(best["rel_change"].item())
