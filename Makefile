@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev,cluster]"
+	$(BIN)/python -m pip install -q -e ".[dev,cluster,search]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -134,10 +134,11 @@ def _train_config(s: Settings, *, seed: int, rho: float = 0.0, adv: Any = None,
 
 def _model_config(s: Settings, layout: int, train: dict) -> dict:
     from mtl.models import Layout
-    return {"dataset": {"name": "scenes", "size": s.size, "train": s.train_len,
-                        "seed": s.data_seed, "root": None, "tasks": list(TASKS)},
-            "model": {"layout": str(Layout.branch_point(layout, len(TASKS))),
-                      "tasks": list(TASKS), "width": s.width},
+    return {"dataset": {"source": "scenes", "train": s.train_len, "tasks": list(TASKS),
+                        "options": {"size": s.size, "seed": s.data_seed}},
+            "tasks": [{"name": t} for t in TASKS],
+            "model": {"source": "resnet", "layout": str(Layout.branch_point(layout, len(TASKS))),
+                      "options": {"width": s.width}},
             "train": train}
 
 
@@ -341,7 +342,9 @@ def run_bench(s: Settings, store_dir: str | os.PathLike, device: str = "cpu",
     import torch
     from mtl.data import make_loader
     from mtl.data.scenes import SyntheticScenes
-    from mtl.train.zoo import config_hash, ensure_models, find_model, load_model
+    from mtl.config.build import build_split
+    from mtl.train.checkpoints import read_meta
+    from mtl.train.zoo import checkpoint_paths, config_hash, ensure_models, find_model, load_model
     s.validate()
     configs = all_model_configs(s)
     timings: dict[str, float] = {}
@@ -362,9 +365,12 @@ def run_bench(s: Settings, store_dir: str | os.PathLike, device: str = "cpu",
     eval_set = SyntheticScenes("test", size=s.size, length=s.eval_len, seed=s.data_seed,
                                tasks=list(TASKS))
     loader = list(make_loader(eval_set, s.eval_batch))  # fixed subset, identical for every model
+    heads = build_split(configs["sgd"][1]["dataset"], "train", 1)  # task_channels for the heads
 
     def load(name: str, epoch: int) -> tuple[torch.nn.Module, dict]:
-        return load_model(models[name]["entry"], epoch, device=device)
+        entry, cfg = models[name]["entry"], configs[name][1]
+        model = load_model(entry, cfg, heads, epoch, device=device)
+        return model, read_meta(checkpoint_paths(entry)[epoch])
 
     t0 = time.perf_counter()
     final = {n: load(n, s.epochs)[0] for n in ("sgd", *(f"at_{o}" for o in AT_OBJECTIVES))}

@@ -120,6 +120,10 @@ def parse_search(raw: Any, base: Mapping, axes: Sequence) -> dict:
     grid = [a.path for a in axes if a.source.startswith("axes.")]
     space = _space(node.require("space"), node.at("space"), base, grid)
     if mode == "optuna":
+        import importlib.util
+        if importlib.util.find_spec("optuna") is None:
+            fail(node.at("mode"), "optuna needs the optuna package: pip install "
+                 "'mtlsweep[search]' (or optuna); allowed without it: grid, random")
         many = [a.source for a in axes if len(a.values) > 1 and a.path not in space]
         if many:
             fail(node.at("mode"), f"optuna chooses every trial itself and cannot also run "

@@ -29,3 +29,24 @@ def _one_torch_thread() -> Iterator[None]:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Scene renders go to a per-session cache, never to the user's home."""
     os.environ["MTLSWEEP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def _registries() -> list[dict]:
+    """Every process-wide registry a test may add to (tasks, datasets, models, attacks)."""
+    import mtl.attacks.registry as attacks
+    import mtl.data.registry as data
+    import mtl.models.registry as models
+    import mtl.tasks as tasks
+    return [tasks._REGISTRY, data._REGISTRY._entries, models._REGISTRY._entries,
+            attacks._OBJECTIVES, attacks._METHODS, attacks._ALIASES]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_registries() -> Iterator[None]:
+    """What a test registers (a task, a dataset, an attack) does not leak into the next test:
+    two tests may define a task of the same name differently, as two user projects would."""
+    saved = [dict(r) for r in _registries()]
+    yield
+    for registry, before in zip(_registries(), saved):
+        registry.clear()
+        registry.update(before)

@@ -19,7 +19,15 @@ from mtl.tasks import (TASK_NAMES, get_task, register_task, relative_change, tas
                        task_names)
 from mtl.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
-SALIENCY = register_task("saliency", fx.saliency_loss, fx.SaliencyMetric, channels=1)
+SALIENCY = None
+
+
+@pytest.fixture(autouse=True)
+def _saliency_task():
+    """Register the fixture's task for each test; conftest drops it afterwards, so a user
+    project with its own 'saliency' (examples/byo) meets an empty slot."""
+    global SALIENCY
+    SALIENCY = register_task("saliency", fx.saliency_loss, fx.SaliencyMetric, channels=1)
 SPECS = [AttackSpec("pgd", "total", 8.0, 2), AttackSpec("pgd", "dgba", 8.0, 2)]
 
 

@@ -147,3 +147,24 @@ def test_random_search_over_rho_reports_the_best(local_ray, tmp_path, monkeypatc
     assert outcome.best["config"]["training.rho"] == pytest.approx(best["rho"].item())
     assert frame["training.rho"].to_list() == frame["rho"].to_list()  # searched = a column
     assert outcome.best["value"] == pytest.approx(best["rel_change"].item())
+
+
+def test_optuna_search_over_a_dotted_path_with_asha_on_a_val_metric(local_ray, tmp_path):
+    """Any field can be searched (training.lr, by Optuna's TPE through Ray Tune), ASHA prunes
+    on a per-epoch validation metric, and the searched field and an `axes:` field are columns."""
+    raw = tiny_sweep(adv_train="none", transfer=None, cross_task=False, sharpness=None,
+                     layouts=[2], axes={"model.width": [4]},
+                     search={"mode": "optuna", "num_samples": 2, "metric": "whitebox_delta",
+                             "goal": "min", "seed": 1,
+                             "space": {"training.lr": {"loguniform": [0.001, 0.1]}},
+                             "scheduler": {"name": "asha", "metric": "val/scene_class/accuracy",
+                                           "goal": "max", "grace_period": 2}})
+    raw["training"] = {**raw["training"], "rho": 0}
+    spec = parse_spec(raw, name="optuna")
+    outcome = run_sweep(spec, storage=str(tmp_path))
+    assert (outcome.trials, outcome.errored) == (2, 0)
+    frame = read_results(outcome.experiment_dir).collect()
+    lrs = frame.group_by("trial_id").agg(pl.col("training.lr").unique())["training.lr"]
+    assert len(lrs) == 2 and all(len(v) == 1 and 0.001 <= v[0] <= 0.1 for v in lrs)
+    assert set(frame["model.width"]) == {4} and frame.schema["model.width"] == pl.Int64
+    assert outcome.best["config"]["training.lr"] in {v[0] for v in lrs}
