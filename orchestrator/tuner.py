@@ -111,7 +111,19 @@ def _search_alg(spec: SweepSpec, limit: int) -> Any:
     if search["mode"] == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
-        alg = OptunaSearch(metric=search["metric"], mode=search["goal"], seed=search["seed"])
+
+        class FinalMetricOptuna(OptunaSearch):
+            """Optuna scored on the trial's final metric: per-epoch reports (which carry
+            training metrics only) are not intermediate values of it."""
+
+            def on_trial_result(self, trial_id: str, result: dict) -> None:
+                if self.metric in result:
+                    super().on_trial_result(trial_id, result)
+
+        # the per-epoch reports lack the final metric by design; Tune's check would refuse them
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        alg = FinalMetricOptuna(metric=search["metric"], mode=search["goal"],
+                                seed=search["seed"])
         return ConcurrencyLimiter(alg, max_concurrent=limit) if limit else alg
     from ray.tune.search.basic_variant import BasicVariantGenerator
     # Tune applies max_concurrent_trials only to Searchers; the generator limits itself.
