@@ -221,7 +221,7 @@ def build_report(t: A.Tables, out_dir: Path) -> A.AnalysisResult:
     info = A.overview(t)
     doc.parts.append(f"# mtlsweep analysis — {', '.join(info['sweeps'])}\n")
     doc.text(f"{info['trials']} trials, {info['layouts']} layouts, {info['rows']} measurement "
-             "rows. Δ is the relative change of DESIGN.md §2 (negative = the attack hurt); "
+             "rows. Δ is the relative change of docs/design.md §2 (negative = the attack hurt); "
              "ε is in 1/255 units. Each trial's latest attempt and, unless a section says "
              "otherwise, its final checkpoint are used.")
     if info["undefined_deltas"]:
