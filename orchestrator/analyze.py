@@ -1,6 +1,6 @@
 """Polars queries over a sweep's result tables: the numbers behind the plots and report.md.
 
-Conventions: Δ (``rel_change``) is stored as DESIGN.md §2 defines it, negative = the attack hurt,
+Conventions: Δ (``rel_change``) is stored as docs/design.md §2 defines it, negative = the attack hurt,
 and is shown unchanged. Unless a query says otherwise it uses each trial's *final* checkpoint
 (its largest epoch) and only the latest attempt of a trial. Queries that need a single attack
 (transfer curves, trade-off) use a *reference attack*: DGBA if present (else total, SignSum,
@@ -9,8 +9,7 @@ minmax, then any), at its largest ε, with its most frequent method; the report 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable
 
 import polars as pl
@@ -360,32 +359,3 @@ def overview(t: Tables) -> dict[str, object]:
         ((pl.col("metric") == "delta") & pl.col("rel_change").is_nan()).sum()
         .alias("undefined_deltas")).collect()
     return m.row(0, named=True)
-
-
-@dataclass(frozen=True)
-class AnalysisResult:
-    """What :func:`analyze` wrote: ``report`` (report.md), ``plots`` (PNGs), the summary frame,
-    every table by section key, and why each absent section is absent."""
-    report: Path
-    plots: list[Path]
-    summary: pl.DataFrame
-    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)
-
-
-def analyze(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-            sweep: str | None = None) -> AnalysisResult:
-    """Read the results under ``results_dir``, write PNG plots and report.md to ``out_dir``.
-
-    ``results_dir`` is a sweep directory or a storage directory of several sweeps (then the
-    sweeps are analysed together unless ``sweep`` picks one). Raises FileNotFoundError when there
-    are no measurements to analyse.
-    """
-    from orchestrator.report import build_report  # report -> plots -> matplotlib: import late
-
-    tables = load_tables(results_dir, sweep)
-    if tables.measurements.select(pl.len()).collect().item() == 0:
-        where = f"{os.fspath(results_dir)!r}" + (f" for sweep {sweep!r}" if sweep else "")
-        raise FileNotFoundError(f"no measurements under {where} (expected "
-                                "<sweep>/results/measurements/*.parquet)")
-    return build_report(tables, Path(out_dir))

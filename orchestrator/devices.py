@@ -5,7 +5,7 @@ torch thread, and four trials granted ``gpu: 0.25`` each share one card with not
 one of them from taking all of its memory. ``setup_trial_device`` turns the trial's share into
 real limits (torch threads, a CUDA memory cap) and picks the GPU Ray assigned.
 ``check_resources`` fails a sweep before it starts when a trial asks for something the cluster
-does not have -- otherwise Tune leaves such trials PENDING forever (DESIGN.md section 8).
+does not have -- otherwise Tune leaves such trials PENDING forever (docs/design.md section 8).
 """
 from __future__ import annotations
 

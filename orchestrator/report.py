@@ -51,6 +51,18 @@ def frame_to_markdown(frame: pl.DataFrame, digits: int = 4) -> str:
     return "\n".join([head, rule, *body])
 
 
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What :func:`analyze` wrote: ``report`` (report.md), ``plots`` (PNGs), the summary frame,
+    every table by section key, and why each absent section is absent."""
+    report: Path
+    plots: list[Path]
+    summary: pl.DataFrame
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+
 @dataclass
 class _Doc:
     out: Path
@@ -214,7 +226,7 @@ SECTIONS = (_delta_by_objective, _tradeoff, _cross_task, _early_stopping, _trans
             _clean_vs_adversarial, _timings)
 
 
-def build_report(t: A.Tables, out_dir: Path) -> A.AnalysisResult:
+def build_report(t: A.Tables, out_dir: Path) -> AnalysisResult:
     """Run every section, write the PNGs and ``out_dir/report.md``; see :func:`analyze.analyze`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = _Doc(out_dir)
@@ -242,5 +254,5 @@ def build_report(t: A.Tables, out_dir: Path) -> A.AnalysisResult:
     tmp = out_dir / ".report.md.tmp"
     tmp.write_text("\n".join(doc.parts), encoding="utf-8")
     tmp.replace(report)
-    return A.AnalysisResult(report=report, plots=doc.plots, summary=summary, tables=doc.tables,
+    return AnalysisResult(report=report, plots=doc.plots, summary=summary, tables=doc.tables,
                             missing=doc.missing)

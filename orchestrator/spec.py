@@ -11,6 +11,7 @@ documented key by key in sweeps/demo.yaml.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +19,14 @@ from typing import Any, Mapping
 
 import yaml
 
-from mtl.config.paths import get_path, reroot, set_path
-from mtl.config.reading import (ConfigError, Node, as_bool, as_float, as_int, as_list,
-                                check_unique, fail)
-from mtl.config.run import RUN_KEYS, RunConfig, parse_run_config
+from mtl.config.paths import get_path
+from mtl.config.reading import ConfigError, Node, as_bool, as_float, as_int, fail
+from mtl.config.run import RUN_KEYS, RunConfig
 from mtl.config.sections import expand_layouts, parse_tasks
+from mtl.plugins import add_import_paths
 from orchestrator.axes import Axis, legacy_axes, parse_axes, validate_axes
 from orchestrator.search import FINAL_METRICS, parse_search
+from orchestrator.store import parse_targets
 
 SpecError = ConfigError
 """A malformed sweep spec (mtl's ConfigError): the message starts with the YAML path."""
@@ -144,7 +146,6 @@ def load_spec(path: str | Path, *, name: str | None = None, storage: str | None 
 def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = None,
                import_paths: tuple[str, ...] = ()) -> SweepSpec:
     """Validate a parsed YAML mapping into a `SweepSpec` (see module docstring)."""
-    from mtl.plugins import add_import_paths
     add_import_paths(import_paths)
     top = Node(raw, "", TOP_KEYS)
     sweep_name = top.get("name", name)
@@ -173,8 +174,6 @@ def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = N
         max_failures=as_int(top.get("max_failures", 2), "max_failures", -1),
         reuse_surrogates=as_bool(store.get("reuse_surrogates", False), "store.reuse_surrogates"),
         store_path=store_path, import_paths=tuple(import_paths))
-    from orchestrator.store import parse_targets
-    import dataclasses
     spec = dataclasses.replace(spec, targets=parse_targets(top.get("transfer"), spec))
     if search["mode"] != "grid" and search["metric"].startswith("transfer") and not spec.targets:
         fail("search.metric", f"{search['metric']!r} needs transfer targets "

@@ -11,7 +11,6 @@ per table per trial (a retry replaces the file). The science lives in mtl/.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
@@ -30,6 +29,8 @@ from mtl.models.layout import Layout
 from mtl.plugins import add_import_paths
 from mtl.train.zoo import HISTORY, checkpoint_paths, config_hash
 from orchestrator import store
+from orchestrator.devices import setup_trial_device
+from orchestrator.results import write_trial_table
 from orchestrator.axes import column_value, with_values
 
 if TYPE_CHECKING:
@@ -96,8 +97,6 @@ def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
                   report: Reporter | None = None, restore_dir: str | None = None,
                   progress: bool = False) -> dict[str, float]:
     """Run one resolved trial end to end; returns (and reports) its final metrics."""
-    from orchestrator.devices import setup_trial_device
-    from orchestrator.results import write_trial_table
     run: RunConfig = trial["run"]
     register_tasks(run.tasks)
     t_start = time.perf_counter()

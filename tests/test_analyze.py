@@ -6,6 +6,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from orchestrator import analysis
 from orchestrator import analyze as A
 from orchestrator.cli import main
 from orchestrator.results import write_trial_table
@@ -121,7 +122,7 @@ def tables(storage: Path) -> A.Tables:
 
 @pytest.fixture(scope="module")
 def result(storage: Path, tmp_path_factory: pytest.TempPathFactory) -> A.AnalysisResult:
-    return A.analyze(storage / "syn", tmp_path_factory.mktemp("out"))
+    return analysis.analyze(storage / "syn", tmp_path_factory.mktemp("out"))
 
 
 def test_layout_columns_derive_sharing_and_branch_point(tables: A.Tables) -> None:
@@ -241,7 +242,7 @@ def test_report_has_every_section_and_plots(result: A.AnalysisResult) -> None:
 
 
 def test_sections_degrade_when_data_is_absent(storage: Path, tmp_path: Path) -> None:
-    result = A.analyze(storage / "bare", tmp_path)
+    result = analysis.analyze(storage / "bare", tmp_path)
     text = result.report.read_text()
     assert set(result.missing) == {"cross_task", "early_stopping", "transfer_vs_rho",
                                    "clean_vs_adversarial", "timings"}
@@ -256,10 +257,10 @@ def test_sections_degrade_when_data_is_absent(storage: Path, tmp_path: Path) -> 
 def test_storage_with_several_sweeps_and_sweep_filter(storage: Path, tmp_path: Path) -> None:
     both = A.load_tables(storage)
     assert set(both.measurements.select("sweep").unique().collect()["sweep"]) == {"syn", "bare"}
-    only = A.analyze(storage, tmp_path, sweep="bare")
+    only = analysis.analyze(storage, tmp_path, sweep="bare")
     assert only.summary["trials"].to_list() == [1, 1]
     with pytest.raises(FileNotFoundError, match="no measurements"):
-        A.analyze(storage, tmp_path, sweep="nope")
+        analysis.analyze(storage, tmp_path, sweep="nope")
 
 
 def test_cli_analyze(storage: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -286,7 +287,7 @@ def test_each_kind_may_be_missing(tmp_path: Path, dropped: str, absent: set[str]
         rows["measurements"] = [r for r in rows["measurements"] if r["kind"] != dropped]
         for table, table_rows in rows.items():
             write_trial_table(tmp_path / "st", "syn", table, f"t{k}{seed}{at}{rho}", table_rows)
-    result = A.analyze(tmp_path / "st" / "syn", tmp_path / "out")
+    result = analysis.analyze(tmp_path / "st" / "syn", tmp_path / "out")
     text = result.report.read_text()
     assert all(f"## {title}" in text for title in TITLES.values())
     assert set(result.missing) == absent
@@ -321,7 +322,7 @@ def test_undefined_deltas_are_left_out_and_counted(tmp_path: Path) -> None:
         optimizer="adam", seed=1, epoch=3, kind="whitebox", attack_method="fgsm",
         objective="dgba", eps=8.0, steps=1, task="mean", metric="delta",
         rel_change=float("nan"))])
-    result = A.analyze(tmp_path / "zero", tmp_path / "out")
+    result = analysis.analyze(tmp_path / "zero", tmp_path / "out")
     assert result.summary["Δ ε=8"].to_list() == pytest.approx([-0.16, -0.08])
     assert "**1 per-task Δ values were undefined and left out" in result.report.read_text()
 
@@ -359,7 +360,7 @@ def test_rows_of_the_real_evaluation_flow_through_sink_and_report(tmp_path: Path
         rows += [dict(common, kind="transfer", **r)
                  for r in evaluate_transfer(model, {"tgt": target}, loader, specs)]
         write_trial_table(tmp_path, "real", "measurements", f"k{k}", rows)
-    result = A.analyze(tmp_path / "real", tmp_path / "out")
+    result = analysis.analyze(tmp_path / "real", tmp_path / "out")
     assert result.summary["objective"].to_list() == ["dgba", "total"]
     assert {"delta_by_objective", "tradeoff", "cross_task", "early_stopping"} <= set(
         result.tables)

@@ -1,4 +1,4 @@
-"""Exact solvers of the linear programs an attack step solves (DESIGN.md section 3).
+"""Exact solvers of the linear programs an attack step solves (docs/design.md section 3).
 
 One step maximises c . delta over a box (the eps-ball around the clean image intersected with the
 [0, 1] pixel box, around the current iterate). The constraints are only a box, so the LP
@@ -33,7 +33,7 @@ def cbc() -> "pulp.PULP_CBC_CMD":  # noqa: F821
 
 def require_optimal(problem: "pulp.LpProblem") -> None:  # noqa: F821 - pulp imported lazily
     """Raise unless CBC proved optimality (PuLP may say 'Optimal' after a time limit: read
-    `sol_status`, see DESIGN.md section 8)."""
+    `sol_status`, see docs/design.md section 8)."""
     import pulp
 
     if problem.status != pulp.LpStatusOptimal or problem.sol_status != pulp.LpSolutionOptimal:

@@ -1,4 +1,4 @@
-"""`Objective`: one registered attack objective (which direction to step in, DESIGN.md section 3).
+"""`Objective`: one registered attack objective (which direction to step in, docs/design.md section 3).
 
 An objective is a small function `direction(ctx, x) -> (c, value)`: the ascent direction `c`
 (same shape as `x`) for the batch at the current adversarial images `x`, and the per-sample

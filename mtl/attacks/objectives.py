@@ -1,4 +1,4 @@
-"""The baseline objectives SINGLE, TOTAL and SignSum (DESIGN.md section 3), registered here.
+"""The baseline objectives SINGLE, TOTAL and SignSum (docs/design.md section 3), registered here.
 
 Gradients are taken with `torch.autograd.grad` w.r.t. the input only, so parameters' `.grad` and
 `requires_grad` are never touched. Every sample's direction depends on that sample only (the

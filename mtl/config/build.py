@@ -13,11 +13,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mtl.config.sections import SPLITS
+from mtl.data import build_split as build
+from mtl.models import build_task_model
+from mtl.tasks import get_task, task_from_paths
 
 
 def register_tasks(tasks: Sequence[Mapping[str, Any]]) -> None:
     """Register the user's own tasks of a config in this process (idempotent)."""
-    from mtl.tasks import task_from_paths
     for task in tasks:
         if "loss" in task:
             task_from_paths(task["name"], task["loss"], task["metric"],
@@ -26,7 +28,6 @@ def register_tasks(tasks: Sequence[Mapping[str, Any]]) -> None:
 
 def build_split(dataset: Mapping[str, Any], split: str, length: int | None = None) -> Dataset:
     """The first ``length`` samples (default: the config's size of that split) of ``split``."""
-    from mtl.data import build_split as build
     return build(dataset["source"], split, options=dict(dataset["options"]),
                  tasks=list(dataset["tasks"]),
                  length=dataset[split] if length is None else length,
@@ -36,7 +37,6 @@ def build_split(dataset: Mapping[str, Any], split: str, length: int | None = Non
 def task_channels(tasks: Sequence[Mapping[str, Any]], dataset: Any) -> dict[str, int | None]:
     """Head channels per task: the config's ``channels``, else the dataset's
     ``task_channels``, else the task registry's default (None when nobody knows)."""
-    from mtl.tasks import get_task
     given = getattr(dataset, "task_channels", None) or {}
     out: dict[str, int | None] = {}
     for task in tasks:
@@ -49,7 +49,6 @@ def task_channels(tasks: Sequence[Mapping[str, Any]], dataset: Any) -> dict[str,
 def build_model(key: Mapping[str, Any], dataset: Any) -> nn.Module:
     """A freshly initialised model for a `RunConfig.model_key()`: torch is seeded with the
     training seed first, so the initial weights depend on the config only."""
-    from mtl.models import build_task_model
     register_tasks(key["tasks"])
     torch.manual_seed(int(key["train"].get("seed", 0)))
     model = key["model"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mtl.attacks import AttackSpec, available_objectives, method_names
 from mtl.config.reading import (ConfigError, Node, as_choice, as_float, as_int, as_list,
                                 check_unique, fail)
 
@@ -24,7 +25,6 @@ def _options(raw: Any, path: str) -> dict:
 
 def _check_specs(specs: list[dict], path: str, tasks: Sequence[str]) -> None:
     """Let mtl.attacks veto what only it knows (option names and values per method)."""
-    from mtl.attacks import AttackSpec
     for spec in specs:
         try:
             AttackSpec(**spec).validate(tasks)
@@ -35,7 +35,6 @@ def _check_specs(specs: list[dict], path: str, tasks: Sequence[str]) -> None:
 def parse_attacks(raw: Any, tasks: Sequence[str]) -> dict:
     """``attacks``: methods x objectives x eps (1/255 units) on ``eval_samples`` test images;
     ``single`` means ``single:<task>`` for every task."""
-    from mtl.attacks import available_objectives, method_names
     node = Node(raw, "attacks", ATTACK_KEYS)
     methods = as_list(node.require("methods"), node.at("methods"))
     for i, m in enumerate(methods):
@@ -64,7 +63,6 @@ def parse_attacks(raw: Any, tasks: Sequence[str]) -> dict:
 def parse_cross_task(raw: Any, tasks: Sequence[str]) -> dict | None:
     """``cross_task``: true, false or {method, eps, steps}: attack each task alone and score
     every task (the T x T matrix)."""
-    from mtl.attacks import method_names
     if raw is False or raw is None:
         return None
     if raw is True:

@@ -11,6 +11,8 @@ from typing import Any
 
 from mtl.config.reading import (ConfigError, Node, as_choice, as_int, as_list, check_unique,
                                 fail, show)
+from mtl import data, models
+from mtl import tasks as registry
 from mtl.models.layout import Layout, enumerate_layouts
 from mtl.plugins import is_import_path, load_object
 
@@ -51,7 +53,6 @@ def _call(check: Any, where: str, *args: Any, **kwargs: Any) -> Any:
 def parse_tasks(raw: Any) -> tuple[dict, ...]:
     """``tasks``: registered names, or ``{name, loss, metric, channels, kind}`` for a task of
     the user's own (registered on the spot, in this process, from its import paths)."""
-    from mtl import tasks as registry
     out: list[dict] = []
     for i, item in enumerate(as_list(raw, "tasks")):
         path = f"tasks[{i}]"
@@ -102,7 +103,6 @@ def parse_dataset(raw: Any, tasks: Sequence[Mapping]) -> dict:
     """``dataset``: a registered ``name`` (scenes, nyuv2, taskonomy, ...) or a ``factory``
     import path, the samples used per split (``train``/``val``/``test``) and every other key,
     which goes to the factory (checked against its signature here, before any work)."""
-    from mtl import data
     if not isinstance(raw, Mapping):
         fail("dataset", f"expected a mapping with name or factory, got {raw!r}")
     keys = tuple(raw)
@@ -123,7 +123,6 @@ def parse_model(raw: Any, tasks: Sequence[Mapping], layout: Any = None,
     """``model``: the built-in network (default) or a ``factory``; a ``layout`` (an int
     branch point or a canonical layout string) for factories that take one; every other key
     goes to the factory (checked against its signature)."""
-    from mtl import models
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         fail("model", f"expected a mapping (factory, layout, options), got {raw!r}")

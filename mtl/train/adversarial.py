@@ -30,7 +30,7 @@ _OBJECTIVES_TEXT = "total, dgba, single:<task>"
 class AdvTrainConfig:
     """How adversarial examples are crafted and mixed into training.
 
-    objective: `total`, `dgba` or `single:<task>` (the attack's objective, see DESIGN.md §3).
+    objective: `total`, `dgba` or `single:<task>` (the attack's objective, see docs/design.md §3).
     method: `fgsm` (one step of eps) or `pgd` (I-FGSM, `steps` steps of eps/steps).
     eps: L-inf radius in 1/255 units (8 means 8/255). steps: PGD iterations (FGSM uses 1).
     mix: `alternate` or `weighted`; clean_weight: the clean batch's weight for `weighted`.

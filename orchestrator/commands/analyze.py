@@ -37,7 +37,7 @@ def print_summary(summary: pl.DataFrame) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Analyse, print the summary and where the report went."""
-    from orchestrator.analyze import analyze  # polars queries + matplotlib: import only when run
+    from orchestrator.analysis import analyze  # polars queries + matplotlib: import only when run
 
     if not os.path.isdir(args.results_dir) and "://" not in args.results_dir:
         raise FileNotFoundError(f"DIR {args.results_dir!r} is not a directory")

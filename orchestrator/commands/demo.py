@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.analyze import analyze
+    from orchestrator.analysis import analyze
     from orchestrator.commands.analyze import print_summary
     from orchestrator.commands.run import report
     from orchestrator.spec import describe, load_spec

@@ -1,0 +1,28 @@
+"""`analyze`: read a sweep's results, write report.md and the plots (what `mtlsweep analyze`
+runs). The polars queries live in orchestrator/analyze.py, the report and its plots in
+orchestrator/report.py and orchestrator/plots.py; this module joins them, so none of those
+imports another in a circle."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+
+from orchestrator.analyze import load_tables
+from orchestrator.report import AnalysisResult, build_report
+
+def analyze(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+            sweep: str | None = None) -> AnalysisResult:
+    """Read the results under ``results_dir``, write PNG plots and report.md to ``out_dir``.
+
+    ``results_dir`` is a sweep directory or a storage directory of several sweeps (then the
+    sweeps are analysed together unless ``sweep`` picks one). Raises FileNotFoundError when there
+    are no measurements to analyse.
+    """
+    tables = load_tables(results_dir, sweep)
+    if tables.measurements.select(pl.len()).collect().item() == 0:
+        where = f"{os.fspath(results_dir)!r}" + (f" for sweep {sweep!r}" if sweep else "")
+        raise FileNotFoundError(f"no measurements under {where} (expected "
+                                "<sweep>/results/measurements/*.parquet)")
+    return build_report(tables, Path(out_dir))
