@@ -9,7 +9,7 @@ def check_common_args(args: argparse.Namespace, positive: tuple[str, ...]) -> No
     must be >= 1 when given. One ValueError naming the flag, before any work."""
     from mtl.data import DATASETS
 
-    if args.dataset not in DATASETS:
+    if args.dataset not in DATASETS:  # the built-in datasets these one-model commands read
         raise ValueError(f"--dataset: unknown {args.dataset!r}; allowed: {', '.join(DATASETS)}")
     for name in positive:
         value = getattr(args, name)
