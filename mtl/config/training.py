@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mtl.config.paths import reroot
-from mtl.config.reading import (ConfigError, Node, as_choice, as_float, as_int, fail)
+from mtl.config.reading import ConfigError, Node, as_choice, as_int, fail
 from mtl.train.adversarial import AdvTrainConfig
 from mtl.train.config import TrainConfig
 from mtl.train.sharpness import SharpnessConfig
@@ -33,7 +33,6 @@ def parse_adv(raw: Any, path: str, tasks: Sequence[str]) -> dict | None:
     steps = node.get("steps", 1 if method == "fgsm" else 10)
     if method == "fgsm" and steps != 1:
         fail(node.at("steps"), f"fgsm takes exactly 1 step, got {steps!r}; allowed: 1")
-    as_float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0, lo_open=True)
     options = node.get("options", {})
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         fail(node.at("options"), f"expected a mapping of attack options, got {options!r}")

@@ -17,6 +17,7 @@ from torch import nn
 
 from mtl.models.task_model import as_task_model
 from mtl.tasks import task_names
+from mtl.config.reading import as_float
 from mtl.train.fields import from_mapping
 
 Batch = dict[str, torch.Tensor]
@@ -66,10 +67,7 @@ class AdvTrainConfig:
         if self.method not in ADV_METHODS:
             raise ValueError(f"adv.method: must be one of {', '.join(ADV_METHODS)}, "
                              f"got {self.method!r}")
-        if (isinstance(self.eps, bool) or not isinstance(self.eps, (int, float))
-                or not 0 < self.eps <= 255):
-            raise ValueError(f"adv.eps: must be a number in (0, 255] (1/255 units), "
-                             f"got {self.eps!r}")
+        as_float(self.eps, "adv.eps", 0.0, 255.0, lo_open=True)  # 1/255 units
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"adv.steps: must be an int >= 1, got {self.steps!r}")
         if self.mix not in ADV_MIXES:
