@@ -23,6 +23,7 @@ PRIMARY_METRICS: dict[str, str] = {
 OBJECTIVE_PREFERENCE: tuple[str, ...] = ("dgba", "total", "signsum", "minmax")
 _NOT_ADVERSARIAL = ("none", "", "false", "no", "standard")
 TRIAL = ["sweep", "trial_id"]
+NO_LAYOUT = "no layout"
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ def load_tables(results_dir: str | os.PathLike, sweep: str | None = None) -> Tab
         pl.when(pl.col("target_id").is_not_null()).then(pl.lit("transfer"))
         .when(pl.col("objective") == "none").then(pl.lit("clean"))
         .otherwise(pl.lit("whitebox"))).alias("kind"))
+    # a model without layouts (a user's own) has a null layout: one named group, not null keys
+    m, e = (f.with_columns(pl.col("layout").fill_null(NO_LAYOUT)) for f in (m, e))
     layouts = pl.concat([m.select("layout"), e.select("layout")]).unique().collect()
     info = _layout_info(layouts["layout"].drop_nulls().to_list()).lazy()
 

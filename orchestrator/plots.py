@@ -55,10 +55,12 @@ def delta_vs_eps(frame: pl.DataFrame, path: Path, most: int = 6) -> Path:
         share = "" if sharing is None else f", sharing {sharing:.2f}"
         ax.set_title(f"{layout}\n{regime}{share}", fontsize=8)
         ax.set_xlabel("ε (1/255)")
+        ax.set_xticks(sorted(set(rows["eps"].to_list())))  # ticks only where measured
         ax.set_ylabel("Δ (mean over tasks)")
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.legend(fontsize=6)
-    fig.suptitle("White-box relative change by objective (lower = stronger attack)")
+    fig.suptitle("White-box relative change by objective\n(lower = stronger attack)",
+                 fontsize=10)
     return _save(fig, path)
 
 

@@ -123,6 +123,9 @@ def _tradeoff(doc: _Doc, t: A.Tables) -> None:
                 or c in ("whitebox_delta", "cross_task_delta")]
     if frame.is_empty() or not measured:
         return doc.absent("tradeoff", "no clean, white-box or cross-task measurements.")
+    if frame["sharing"].null_count() == frame.height:
+        return doc.absent("tradeoff", "the model has no sharing layouts (a model factory "
+                          "without a `layout` argument), so sharing cannot be compared.")
     x = "branch_point" if frame["branch_point"].null_count() == 0 else "sharing"
     axis = ("branch point" if x == "branch_point"
             else "sharing = mean over blocks of (T − groups)/(T − 1)")
