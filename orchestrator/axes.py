@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,18 +38,17 @@ class Axis:
     column: str | None = None
 
 
-def legacy_axes(raw: dict, parse_layouts: Callable[[Any], list]) -> tuple[dict, list[Axis]]:
-    """(the run-config mapping without the legacy axis lists, those axes)."""
+def legacy_axes(raw: dict, layouts: Sequence[str] | None) -> tuple[dict, list[Axis]]:
+    """(the run-config mapping without the legacy axis lists, those axes); ``layouts`` are
+    the canonical strings of the sweep's ``layouts`` list, if it has one."""
     base = {k: v for k, v in raw.items() if k in RUN_KEYS}
     axes: list[Axis] = []
-    if "layouts" in raw:
-        axes.append(Axis("model.layout", tuple(parse_layouts(raw["layouts"])), "layouts"))
-    if isinstance(base.get("training"), Mapping):
-        base["training"] = dict(base["training"])
+    if layouts is not None:
+        axes.append(Axis("model.layout", tuple(layouts), "layouts"))
     for source, path in LEGACY:
         value = get_path(base, source, None)
-        if value is None or (source == "adv_train" and not isinstance(value, list)) or \
-                (source != "training.seeds" and not isinstance(value, list)):
+        # seeds are always an axis (a scalar is one seed); the others only when a list
+        if value is None or (not isinstance(value, list) and source != "training.seeds"):
             continue
         values = as_list(value, source)
         check_unique(values, source)
@@ -142,7 +142,7 @@ def validate_axes(base: Mapping, axes: Sequence[Axis], search: Mapping) -> RunCo
         for i in range(len(probe.values)):
             check_value(base, probe, i, firsts)
     small = [a for a in axes if a.source != "layouts"]
-    if 1 < _product(small) <= FULL_CHECK_LIMIT:
+    if 1 < math.prod(len(a.values) for a in small) <= FULL_CHECK_LIMIT:
         for combo in itertools.product(*(a.values for a in small)):
             values = dict(zip((a.path for a in small), combo))
             try:
@@ -151,13 +151,6 @@ def validate_axes(base: Mapping, axes: Sequence[Axis], search: Mapping) -> RunCo
                 shown = ", ".join(f"{p} = {v!r}" for p, v in values.items())
                 raise ConfigError(f"axes: the combination {shown} is invalid: {err}") from None
     return run
-
-
-def _product(axes: Sequence[Axis]) -> int:
-    n = 1
-    for axis in axes:
-        n *= len(axis.values)
-    return n
 
 
 def column_value(value: Any) -> Any:

@@ -21,7 +21,9 @@ from mtl.config.build import build_model, build_split, register_tasks
 from mtl.config.reading import ConfigError
 from mtl.config.run import RunConfig
 from mtl.data import make_loader
+from mtl.models import DEFAULT_MODEL
 from mtl.models.outputs import task_outputs
+from mtl.tasks import get_task, task_loss
 from orchestrator.spec import SweepSpec, describe
 
 PROBE_BATCH = 2
@@ -57,7 +59,7 @@ def check_storage(storage: str | None) -> None:
 
 
 def _model_path(run: RunConfig) -> str:
-    return "model.factory" if run.model["source"] != "resnet" else "model"
+    return "model.factory" if run.model["source"] != DEFAULT_MODEL else "model"
 
 
 def probe_run(run: RunConfig) -> dict[str, Any]:
@@ -82,7 +84,6 @@ def probe_run(run: RunConfig) -> dict[str, Any]:
         raise ConfigError(f"{_model_path(run)}: forward on a batch of images "
                           f"{tuple(batch['image'].shape)} failed: {type(err).__name__}: {err}"
                           ) from None
-    from mtl.tasks import get_task, task_loss
     for i, task in enumerate(run.task_names):
         try:
             loss = task_loss(task, out[task], batch)
@@ -94,11 +95,10 @@ def probe_run(run: RunConfig) -> dict[str, Any]:
         try:
             metric = get_task(task).new_metric(model.out_channels.get(task))
             metric.update(out[task], batch[task], batch.get(f"{task}_mask"))
-            values = metric.compute()
+            values = {k: float(v) for k, v in metric.compute().items()}
         except Exception as err:
             raise ConfigError(f"tasks[{i}].metric: {type(err).__name__}: {err}") from None
-        bad = {k: v for k, v in values.items() if not isinstance(float(v), float)
-               or math.isinf(float(v))}
+        bad = {k: v for k, v in values.items() if math.isinf(v)}  # NaN = undefined, allowed
         if bad:
             raise ConfigError(f"tasks[{i}].metric: compute() gave non-finite values {bad}")
     return {"samples": {k: len(v) for k, v in splits.items()},

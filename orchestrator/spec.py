@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -63,10 +64,7 @@ class SweepSpec:
                 **self.resources["custom"]}
 
     def num_grid_trials(self) -> int:
-        n = 1
-        for axis in self.axes:
-            n *= len(axis.values)
-        return n
+        return math.prod(len(axis.values) for axis in self.axes)
 
     def axis(self, path: str) -> Axis | None:
         return next((a for a in self.axes if a.path == path), None)
@@ -156,7 +154,10 @@ def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = N
     store_raw = storage if storage is not None else top.get("storage")
     if store_raw is not None and (not isinstance(store_raw, str) or not store_raw):
         fail("storage", f"expected a directory or URI string, got {store_raw!r}")
-    base, axes = legacy_axes(dict(raw), parse_layouts=_layouts_reader(raw))
+    layouts = (expand_layouts(raw["layouts"], raw.get("model"),
+                              len(parse_tasks(top.require("tasks"))))
+               if "layouts" in raw else None)
+    base, axes = legacy_axes(dict(raw), layouts)
     axes += parse_axes(top.get("axes", {}), base, axes)
     search = parse_search(top.get("search", {"mode": "grid"}), base, axes)
     axes = [a for a in axes if a.path not in search.get("space", {})]
@@ -181,25 +182,6 @@ def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = N
     if search["mode"] != "grid" and search["metric"] == "cross_task_delta" and not run.cross_task:
         fail("search.metric", "'cross_task_delta' needs cross_task: true")
     return spec
-
-
-def _layouts_reader(raw: Mapping):
-    """The legacy ``layouts`` list read against the model's block count."""
-    def read(value: Any) -> list:
-        from mtl import models
-        tasks = parse_tasks(raw.get("tasks")) if "tasks" in raw else ()
-        model = raw.get("model") or {}
-        source = model.get("factory", model.get("name", "resnet")) \
-            if isinstance(model, Mapping) else "resnet"
-        try:
-            factory = models.model_factory(source)
-        except ValueError:
-            factory = None  # the model section's own check names the problem
-        if factory is not None and not models.accepts_layout(source):
-            fail("layouts", f"model {source!r} takes no `layout` argument, so layouts cannot "
-                 "be swept for it; remove `layouts`, or add a `layout` parameter to the factory")
-        return expand_layouts(value, "layouts", len(tasks), getattr(factory, "num_blocks", None))
-    return read
 
 
 def _resources(raw: Any) -> dict:

@@ -210,11 +210,12 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
         rows.extend({"epoch": epoch, "kind": kind, "surrogate_id": surrogate_id,
                      "target_id": None, **row} for row in new)
 
+    model = build_model(trial["model_config"], data["train"])  # each epoch loads its weights
     for epoch, path in sorted(checkpoint_paths(ckpt_dir).items()):
-        model = build_model(trial["model_config"], data["train"])
         load_checkpoint(str(path), model=model, device=device)
         model.eval()
-        phase_seed = trial["labels"]["seed"] * 100_003 + epoch  # attacks with random starts repeat exactly
+        # attacks with random starts repeat exactly
+        phase_seed = trial["labels"]["seed"] * 100_003 + epoch
         t0 = time.perf_counter()
         clean = evaluate_clean(model, loader)
         add("clean", epoch, [{"attack_method": "none", "objective": "none", "eps": 0.0,

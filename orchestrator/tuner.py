@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from typing import Any
 
 from orchestrator.devices import check_resources
@@ -178,7 +179,6 @@ def storage_uri(storage: str) -> str:
 def fit(spec: SweepSpec, storage: str, store_dir: str, exp_dir: str, resume: bool) -> Any:
     """Run the Tuner (restored from ``exp_dir`` when resuming) and return its ResultGrid."""
     from ray import tune
-    import sys
     if resume and tune.Tuner.can_restore(exp_dir):
         trainable, _, _ = tuner_parts(spec)
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_errored=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtl.config.build import build_split
 from mtl.train import zoo
 from orchestrator import store
 
@@ -32,7 +33,6 @@ def tiny_config(seed: int = 0, epochs: int = 1) -> dict:
 
 def tiny_model(entry, config: dict, epoch: int | None = None):
     """The stored model of ``config`` (heads sized by its training split)."""
-    from mtl.config.build import build_split
     return zoo.load_model(entry, config, build_split(config["dataset"], "train"), epoch)
 
 
@@ -217,9 +217,9 @@ def test_real_dataset_splits(tmp_path):
                 np.save(folder / f"{i}.npy", array)
     config = {"source": "nyuv2", "options": {"root": str(tmp_path), "size": 16},
               "tasks": ["segment_semantic", "depth_zbuffer"], "train": 3, "val": 2, "test": 2}
-    train = zoo.dataset_from_config(config, "train")
-    test = zoo.dataset_from_config(config, "test")
+    train = build_split(config, "train")
+    test = build_split(config, "test")
     assert (len(train), len(test)) == (3, 2) and train.task_channels["segment_semantic"] == 13
     assert train[0]["image"].shape == (3, 16, 16)
     with pytest.raises(ValueError, match="dataset.test: 3 samples .* has 2"):
-        zoo.dataset_from_config(config, "test", 3)
+        build_split(config, "test", 3)

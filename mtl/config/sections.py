@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mtl.config.reading import (ConfigError, Node, as_choice, as_int, as_list, check_unique,
-                                fail, show)
 from mtl import data, models
 from mtl import tasks as registry
+from mtl.config.reading import (ConfigError, Node, as_choice, as_int, as_list, check_unique,
+                                fail)
+from mtl.models import DEFAULT_MODEL
 from mtl.models.layout import Layout, enumerate_layouts
 from mtl.plugins import is_import_path, load_object
 
-DEFAULT_MODEL = "resnet"
 TASK_KEYS = ("name", "loss", "metric", "channels", "kind")
 TASK_KINDS = ("dense", "image")
 MAX_SAMPLES = 10**9
@@ -75,17 +75,16 @@ def parse_tasks(raw: Any) -> tuple[dict, ...]:
                 spec[key] = value
             spec["kind"] = as_choice(node.get("kind", "dense"), node.at("kind"), TASK_KINDS,
                                      "kind")
-            if node.get("channels") is not None:
-                spec["channels"] = as_int(node.get("channels"), node.at("channels"), 1, 100_000)
-            _call(registry.task_from_paths, path, name, spec["loss"], spec["metric"],
-                  channels=spec.get("channels"), kind=spec["kind"])
         else:
             as_choice(name, node.at("name"), registry.task_names(), "task")
             extra = sorted(set(node.value) - {"name", "channels"})
             if extra:
                 fail(node.at(extra[0]), "only for a task of your own (with loss and metric)")
-            if node.get("channels") is not None:
-                spec["channels"] = as_int(node.get("channels"), node.at("channels"), 1, 100_000)
+        if node.get("channels") is not None:
+            spec["channels"] = as_int(node.get("channels"), node.at("channels"), 1, 100_000)
+        if "loss" in spec:
+            _call(registry.task_from_paths, path, name, spec["loss"], spec["metric"],
+                  channels=spec.get("channels"), kind=spec["kind"])
         out.append(spec)
     check_unique([t["name"] for t in out], "tasks")
     return tuple(out)
@@ -118,31 +117,41 @@ def parse_dataset(raw: Any, tasks: Sequence[Mapping]) -> dict:
             "tasks": list(task_names_of(tasks))}
 
 
-def parse_model(raw: Any, tasks: Sequence[Mapping], layout: Any = None,
-                layout_path: str = "model.layout") -> dict:
-    """``model``: the built-in network (default) or a ``factory``; a ``layout`` (an int
-    branch point or a canonical layout string) for factories that take one; every other key
-    goes to the factory (checked against its signature)."""
+def _model_source(raw: Any) -> tuple[str, dict]:
+    """(registered name or import path, the model section as a mapping) of ``model``."""
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         fail("model", f"expected a mapping (factory, layout, options), got {raw!r}")
-    node = Node(raw, "model", tuple(raw))
-    source = _source(node, DEFAULT_MODEL)
-    where = "model.factory" if "factory" in raw else "model.name"
-    factory = _call(models.model_factory, where, source)
+    return _source(Node(raw, "model", tuple(raw)), DEFAULT_MODEL), dict(raw)
+
+
+def _model_factory(source: str, raw: Mapping) -> Any:
+    """The factory of ``source`` (a ConfigError naming model.factory / model.name if none)."""
+    return _call(models.model_factory, "model.factory" if "factory" in raw else "model.name",
+                 source)
+
+
+def _model_options(source: str, raw: Mapping, layout_given: bool) -> dict:
+    """The factory's options, after the registry's checks of them and of whether a layout
+    will be given (one rule, in mtl.models: a factory without a ``layout`` parameter cannot
+    have layouts set or swept)."""
     options = {k: v for k, v in raw.items() if k not in ("name", "factory", "layout")}
-    _call(models.check_model_options, "model", source, options, path="model")
-    if layout is None and "layout" in raw:
-        layout = raw["layout"]
-    takes_layout = models.accepts_layout(source)
-    if layout is not None and not takes_layout:
-        fail(layout_path, f"model {source!r} takes no `layout` argument, so layouts cannot be "
-             "set or swept for it; remove the layout, or add a `layout` parameter to the "
-             "factory")
-    if layout is None and takes_layout and getattr(factory, "num_blocks", None):
-        layout = factory.num_blocks  # the built-in default: every block shared
-    canonical = (parse_layout(layout, layout_path, len(tasks), getattr(factory, "num_blocks",
-                                                                        None))
+    _call(models.check_model_options, "model", source, options, path="model",
+          layout=layout_given)
+    return options
+
+
+def parse_model(raw: Any, tasks: Sequence[Mapping]) -> dict:
+    """``model``: the built-in network (default) or a ``factory``; a ``layout`` (an int
+    branch point or a canonical layout string) for factories that take one; every other key
+    goes to the factory (checked against its signature)."""
+    source, raw = _model_source(raw)
+    num_blocks = getattr(_model_factory(source, raw), "num_blocks", None)
+    layout = raw.get("layout")
+    if layout is None and models.accepts_layout(source):
+        layout = num_blocks  # the built-in default: every block shared
+    options = _model_options(source, raw, layout is not None)
+    canonical = (parse_layout(layout, "model.layout", len(tasks), num_blocks)
                  if layout is not None else None)
     return {"source": source, "layout": canonical, "options": options}
 
@@ -171,8 +180,12 @@ def parse_layout(item: Any, path: str, num_tasks: int, num_blocks: int | None) -
     return str(layout)
 
 
-def expand_layouts(raw: Any, path: str, num_tasks: int, num_blocks: int | None) -> list:
-    """The legacy ``layouts`` axis: a list of branch points / strings, or ``all``."""
+def expand_layouts(raw: Any, model: Any, num_tasks: int, path: str = "layouts") -> list:
+    """The legacy ``layouts`` axis (a list of branch points / layout strings, or ``all``) read
+    against the ``model`` section's factory and its number of blocks."""
+    source, model = _model_source(model)
+    num_blocks = getattr(_model_factory(source, model), "num_blocks", None)
+    _model_options(source, model, layout_given=True)
     if raw == "all":
         if num_blocks is None:
             fail(path, "`all` needs the model's number of blocks (num_blocks)")
@@ -182,7 +195,3 @@ def expand_layouts(raw: Any, path: str, num_tasks: int, num_blocks: int | None) 
                  for i, x in enumerate(items)]
     check_unique(canonical, path)
     return canonical
-
-
-def show_tasks(tasks: Sequence[Mapping]) -> str:
-    return show(task_names_of(tasks))

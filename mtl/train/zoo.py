@@ -43,18 +43,6 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def dataset_from_config(dataset: Mapping[str, Any], split: str, length: int | None = None
-                        ) -> Dataset:
-    """The ``split`` of a config's dataset section, cut to ``length`` samples (default: the
-    config's size of that split); see `mtl.config.build.build_split`."""
-    return build_split(dataset, split, length)
-
-
-def model_from_config(config: Mapping[str, Any], dataset: Dataset) -> torch.nn.Module:
-    """A freshly initialised model for a model config (torch seeded with its training seed)."""
-    return build_model(config, dataset)
-
-
 def entry_dir(store_dir: str | os.PathLike, key: str) -> Path:
     return Path(store_dir) / key
 
@@ -106,8 +94,8 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike, *,
     from mtl.train import TrainConfig, train
     train_cfg = TrainConfig.from_dict(dict(config["train"]))
     train_cfg.validate()
-    dataset = dataset_from_config(config["dataset"], "train")
-    model = model_from_config(config, dataset)
+    dataset = build_split(config["dataset"], "train")
+    model = build_model(config, dataset)
     if device is not None:
         model = model.to(device)
     result = train(model, dataset, train_cfg, checkpoint_dir=str(out_dir), progress=progress,
