@@ -121,17 +121,12 @@ def parse_targets(raw: Any, spec: "SweepSpec") -> tuple[dict, ...]:
                  for key in TARGET_KEYS if key in e.value or key in defaults}
         for combo in itertools.product(*lists.values()):
             values = dict(zip(lists, combo))
-            epochs = values["epochs"]
             overrides = {"model.layout": None,  # default: the model's own (fully shared)
-                         **{_TARGET_PATHS[k]: v for k, v in values.items()}}
+                         **{_TARGET_PATHS[k]: v for k, v in values.items()}, "sharpness": None}
+            if isinstance(values["epochs"], int) and not isinstance(values["epochs"], bool):
+                overrides["training.keep_epochs"] = [values["epochs"]]  # its last epoch only
+            # with_values drops the LR milestones past the target's epochs
             raw_run = with_values(spec.base, {**firsts, **overrides})
-            training = dict(raw_run["training"])
-            if isinstance(epochs, int) and not isinstance(epochs, bool):
-                training["keep_epochs"] = [epochs]
-                training["milestones"] = [m for m in as_list(training.get("milestones", []),
-                                                             "training.milestones", False)
-                                          if not isinstance(m, int) or m <= epochs]
-            raw_run = {**raw_run, "training": training, "sharpness": None}
             try:
                 run = parse_run_config(raw_run)
             except ConfigError as err:
