@@ -11,12 +11,15 @@ any metric a trial reports every epoch: ``train_loss``, ``train_loss/<task>`` or
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mtl.config.paths import get_path
 from mtl.config.reading import Node, as_choice, as_float, as_int, as_list, fail, show
 from mtl.config.run import RUN_KEYS
+from mtl.tasks import get_task
+from mtl.train.config import TrainConfig
 
 SEARCH_MODES = ("grid", "random", "optuna")
 SCHEDULERS = ("none", "asha")
@@ -32,8 +35,6 @@ ALL_SAMPLERS = ("uniform", "loguniform", "randint", "choice")
 
 def _field_default(path: str) -> Any:
     """The default of a TrainConfig field (``training.<name>``), else None."""
-    import dataclasses
-    from mtl.train.config import TrainConfig
     parts = path.split(".")
     if len(parts) == 2 and parts[0] == "training":
         for f in dataclasses.fields(TrainConfig):
@@ -88,7 +89,6 @@ def _space(raw: Any, path: str, base: Mapping, grid_paths: Sequence[str]) -> dic
 
 
 def _scheduler(raw: Any, path: str, tasks: Sequence[str]) -> dict:
-    from mtl.tasks import get_task
     node = Node(raw, path, ("name", "metric", "goal", "grace_period", "reduction_factor"))
     out = {"name": as_choice(node.get("name", "none"), node.at("name"), SCHEDULERS,
                              "scheduler")}
@@ -105,9 +105,9 @@ def _scheduler(raw: Any, path: str, tasks: Sequence[str]) -> dict:
     return out
 
 
-def parse_search(raw: Any, base: Mapping, axes: Sequence) -> dict:
-    """The ``search`` section (see module docstring)."""
-    from mtl.config.sections import parse_tasks
+def parse_search(raw: Any, base: Mapping, axes: Sequence, tasks: Sequence[str]) -> dict:
+    """The ``search`` section (see module docstring); ``tasks`` name the per-epoch
+    validation metrics ASHA may prune on."""
     node = Node(raw, "search", ("mode", "num_samples", "metric", "goal", "space", "scheduler",
                                  "seed"))
     mode = as_choice(node.get("mode", "grid"), node.at("mode"), SEARCH_MODES, "search mode")
@@ -129,7 +129,6 @@ def parse_search(raw: Any, base: Mapping, axes: Sequence) -> dict:
             fail(node.at("mode"), f"optuna chooses every trial itself and cannot also run "
                  f"the grid of {', '.join(many)}; move them into search.space as "
                  "{choice: [...]} or use mode: random")
-    tasks = [t["name"] for t in parse_tasks(base.get("tasks"))] if "tasks" in base else []
     return {"mode": mode,
             "num_samples": as_int(node.get("num_samples", 4), node.at("num_samples"), 1,
                                   1_000_000),

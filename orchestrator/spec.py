@@ -23,7 +23,7 @@ import yaml
 from mtl.config.paths import get_path
 from mtl.config.reading import ConfigError, Node, as_bool, as_float, as_int, fail
 from mtl.config.run import RUN_KEYS, RunConfig
-from mtl.config.sections import expand_layouts, parse_tasks
+from mtl.config.sections import expand_layouts, parse_tasks, task_names_of
 from mtl.plugins import add_import_paths
 from orchestrator.axes import Axis, legacy_axes, parse_axes, validate_axes
 from orchestrator.search import FINAL_METRICS, parse_search
@@ -154,12 +154,12 @@ def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = N
     store_raw = storage if storage is not None else top.get("storage")
     if store_raw is not None and (not isinstance(store_raw, str) or not store_raw):
         fail("storage", f"expected a directory or URI string, got {store_raw!r}")
-    layouts = (expand_layouts(raw["layouts"], raw.get("model"),
-                              len(parse_tasks(top.require("tasks"))))
+    tasks = task_names_of(parse_tasks(top.require("tasks")))
+    layouts = (expand_layouts(raw["layouts"], raw.get("model"), len(tasks))
                if "layouts" in raw else None)
     base, axes = legacy_axes(dict(raw), layouts)
     axes += parse_axes(top.get("axes", {}), base, axes)
-    search = parse_search(top.get("search", {"mode": "grid"}), base, axes)
+    search = parse_search(top.get("search", {"mode": "grid"}), base, axes, tasks)
     axes = [a for a in axes if a.path not in search.get("space", {})]
     run = validate_axes(base, axes, search)
     resources = _resources(top.get("resources", {}))
