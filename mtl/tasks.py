@@ -2,7 +2,9 @@
 
 Every loss returns a per-sample `Tensor[B]`: the mean over that sample's valid pixels, and 0
 (never NaN, with finite gradients) for a sample without any valid pixel. Attacks (DGBA divides
-by per-sample losses) and training both rely on that shape.
+by per-sample losses) and training both rely on that shape. A task may also give `loss_sums`
+(per sample: the loss summed over valid pixels, and their count) for batch means over valid
+pixels; the built-in losses and both reductions live in `mtl.task_losses`.
 
 Users add their own tasks with `register_task` (or `task_from_paths` for import paths); the
 six built-in tasks are registered through the same call. `task_names()` lists them all.
@@ -19,75 +21,14 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from mtl.metrics import (IGNORE_INDEX, AccuracyMetric, DeferredMetric, DepthMetric, L1Metric,
-                         Metric, NormalMetric, SegmentationMetric, broadcast_mask)
+from mtl.metrics import (AccuracyMetric, DeferredMetric, DepthMetric, L1Metric, Metric,
+                         NormalMetric, SegmentationMetric)
 from mtl.plugins import load_object
-
-
-
-def _masked_mean(per_pixel: Tensor, valid: Tensor) -> Tensor:
-    """Per-sample mean of `per_pixel` [B,...] over `valid`; 0 where a sample has none valid."""
-    zero = torch.zeros((), dtype=per_pixel.dtype, device=per_pixel.device)
-    total = torch.where(valid, per_pixel, zero).flatten(1).sum(dim=1)
-    count = valid.flatten(1).sum(dim=1).clamp_min(1).to(per_pixel.dtype)
-    return total / count
-
-
-def _check_pair(task: str, pred: Tensor, target: Tensor, channels: int | None) -> None:
-    if pred.dim() != 4 or pred.shape != target.shape:
-        raise ValueError(f"{task}: pred {tuple(pred.shape)} and target {tuple(target.shape)} must "
-                         "both be [B,C,H,W] with equal shapes")
-    if channels is not None and pred.shape[1] != channels:
-        raise ValueError(f"{task}: expected {channels} channels, got {pred.shape[1]}")
-
-
-def segmentation_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Per-sample cross-entropy over pixels whose label is not 255 and whose mask is True."""
-    if pred.dim() != 4 or target.dim() != 3 or pred.shape[0] != target.shape[0] \
-            or pred.shape[2:] != target.shape[1:]:
-        raise ValueError(f"segment_semantic: pred must be [B,C,H,W] and target [B,H,W] with the "
-                         f"same B,H,W; got {tuple(pred.shape)} and {tuple(target.shape)}")
-    target = target.long()
-    valid = (target != IGNORE_INDEX) & broadcast_mask(mask, tuple(target.shape), pred.device,
-                                                      "segment_semantic_mask")
-    ce = F.cross_entropy(pred, torch.where(valid, target, 0), reduction="none")
-    return _masked_mean(ce, valid)
-
-
-def normal_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Per-sample mean of 1 - cos(normalise(pred), target) over non-zero, finite targets."""
-    _check_pair("normal", pred, target, 3)
-    valid = (target.abs().sum(dim=1) > 0) & torch.isfinite(target).all(dim=1) & broadcast_mask(
-        mask, (target.shape[0], *target.shape[2:]), pred.device, "normal_mask")
-    target = torch.where(valid[:, None], target.to(pred.dtype), 0.0)  # no NaN into gradients
-    cos = (F.normalize(pred, dim=1) * F.normalize(target, dim=1)).sum(dim=1)
-    return _masked_mean(1.0 - cos, valid)
-
-
-def _l1_loss(task: str) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
-    def loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        _check_pair(task, pred, target, 1)
-        valid = broadcast_mask(mask, (target.shape[0], *target.shape[2:]), pred.device,
-                               f"{task}_mask")
-        safe = torch.where(valid[:, None], target.to(pred.dtype), 0.0)  # no NaN into gradients
-        return _masked_mean((pred - safe).abs().mean(dim=1), valid)
-    loss.__doc__ = f"Per-sample masked L1 for {task} (everywhere valid without a mask)."
-    return loss
-
-
-def classification_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Per-sample cross-entropy for image-level classes; target 255 / mask False gives 0."""
-    if pred.dim() != 2 or target.shape != (pred.shape[0],):
-        raise ValueError(f"scene_class: pred must be [B,K] and target [B]; got "
-                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
-    target = target.long()
-    valid = (target != IGNORE_INDEX) & broadcast_mask(mask, tuple(target.shape), pred.device,
-                                                      "scene_class_mask")
-    ce = F.cross_entropy(pred, torch.where(valid, target, 0), reduction="none")
-    return torch.where(valid, ce, torch.zeros((), dtype=ce.dtype, device=ce.device))
+from mtl.task_losses import (LossSums, classification_loss, classification_pixels, l1_loss,
+                             l1_pixels, normal_loss, normal_pixels, segmentation_loss,
+                             segmentation_pixels, summed)
 
 
 @dataclass(frozen=True)
@@ -101,10 +42,21 @@ class Task:
     _metric: Callable[..., Metric] = field(repr=False, compare=False)
     higher_is_better: Mapping[str, bool] = field(compare=False)
     source: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
+    _loss_sums: LossSums | None = field(default=None, repr=False, compare=False)
 
     def loss(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """Per-sample loss `Tensor[B]` (mean over valid pixels; 0 when none is valid)."""
         return self._loss(pred, target, mask)
+
+    def loss_sums(self, pred: Tensor, target: Tensor, mask: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
+        """Per sample, (loss summed over valid pixels, valid-pixel count), `Tensor[B]` each: the
+        parts of a batch mean over valid pixels. A task registered without `loss_sums` counts
+        each sample as one pixel: (per-sample loss, 1)."""
+        if self._loss_sums is None:
+            loss = self._loss(pred, target, mask)
+            return loss, torch.ones_like(loss)
+        return self._loss_sums(pred, target, mask)
 
     def new_metric(self, num_channels: int | None = None, *, infer: bool = False) -> Metric:
         """A fresh accumulator; `num_channels` is the class count for classification tasks.
@@ -191,7 +143,7 @@ def _check_definition(name: Any, loss: Any, metric: Any, channels: Any, kind: An
 def register_task(name: str, loss: Callable[..., Tensor], metric: Callable[..., Any], *,
                   channels: int | None = None, kind: str = "dense",
                   higher_is_better: Mapping[str, bool] | None = None,
-                  replace: bool = False) -> Task:
+                  replace: bool = False, loss_sums: LossSums | None = None) -> Task:
     """Register a task and return it; the built-in six go through here too.
 
     `loss(pred, target, mask=None) -> Tensor[B]` is per-sample. `metric` is a class or factory
@@ -203,9 +155,16 @@ def register_task(name: str, loss: Callable[..., Tensor], metric: Callable[..., 
     (per image); `channels`: the head's output channels, None when the dataset decides (a
     class count). Registering the same definition again returns the registered task; a
     different one under a taken name needs `replace=True` (built-in tasks cannot be replaced).
+    `loss_sums(pred, target, mask=None) -> (sum [B], count [B])` (optional) gives the loss
+    summed over each sample's valid pixels and their count, for the attacks' batch mean over
+    valid pixels (objective option `reduction="pixel"`); without it a sample counts once.
     """
     flags = _check_definition(name, loss, metric, channels, kind, higher_is_better)
-    return _register(Task(name, kind, channels, loss, metric, MappingProxyType(flags)), replace)
+    if loss_sums is not None and not callable(loss_sums):
+        raise ValueError(f"register_task({name!r}): loss_sums must be None or callable "
+                         f"(pred, target, mask=None) -> (Tensor[B], Tensor[B])")
+    return _register(Task(name, kind, channels, loss, metric, MappingProxyType(flags),
+                          _loss_sums=loss_sums), replace)
 
 
 def _register(task: Task, replace: bool) -> Task:
@@ -227,7 +186,7 @@ def _same(a: Task, b: Task) -> bool:
         return False
     if a.source is not None and a.source == b.source:
         return True
-    return a._loss is b._loss and a._metric is b._metric
+    return a._loss is b._loss and a._metric is b._metric and a._loss_sums is b._loss_sums
 
 
 def task_from_paths(name: str, loss: str, metric: str, *, channels: int | None = None,
@@ -274,14 +233,17 @@ def _accuracy_metric(num_classes: int) -> Metric:
 
 TASK_NAMES: tuple[str, ...] = ()  # set right below, once the built-ins are registered
 register_task("segment_semantic", segmentation_loss, _seg_metric,
-              higher_is_better=SegmentationMetric.higher_is_better)
-register_task("depth_zbuffer", _l1_loss("depth_zbuffer"), DepthMetric, channels=1)
-register_task("normal", normal_loss, NormalMetric, channels=3)
+              higher_is_better=SegmentationMetric.higher_is_better,
+              loss_sums=summed(segmentation_pixels))
+register_task("depth_zbuffer", l1_loss("depth_zbuffer"), DepthMetric, channels=1,
+              loss_sums=summed(l1_pixels("depth_zbuffer")))
+register_task("normal", normal_loss, NormalMetric, channels=3, loss_sums=summed(normal_pixels))
 for _name in ("edge_texture", "keypoints2d"):
-    register_task(_name, _l1_loss(_name), partial(L1Metric, _name), channels=1,
-                  higher_is_better=L1Metric.higher_is_better)
+    register_task(_name, l1_loss(_name), partial(L1Metric, _name), channels=1,
+                  higher_is_better=L1Metric.higher_is_better, loss_sums=summed(l1_pixels(_name)))
 register_task("scene_class", classification_loss, _accuracy_metric, kind="image",
-              higher_is_better=AccuracyMetric.higher_is_better)
+              higher_is_better=AccuracyMetric.higher_is_better,
+              loss_sums=summed(classification_pixels))
 TASK_NAMES = task_names()
 """The six BUILT-IN task names only (for code written before `register_task`); use
 `task_names()` for every registered task."""
@@ -319,12 +281,24 @@ def new_metrics(tasks: Sequence[str], out_channels: Mapping[str, int | None]
     return {t: get_task(t).new_metric(out_channels.get(t), infer=True) for t in tasks}
 
 
-def task_loss(name: str, pred: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
-    """Per-sample loss of task `name` using `batch[name]` and `batch.get(name + "_mask")`."""
+def _task_and_label(name: str, batch: Mapping[str, Tensor]) -> tuple[Task, Tensor]:
     task = get_task(name)
     if name not in batch:
         raise ValueError(f"batch: has no label for task {name!r}; keys: {sorted(batch)}")
-    return task.loss(pred, batch[name], batch.get(name + "_mask"))
+    return task, batch[name]
+
+
+def task_loss(name: str, pred: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+    """Per-sample loss of task `name` using `batch[name]` and `batch.get(name + "_mask")`."""
+    task, label = _task_and_label(name, batch)
+    return task.loss(pred, label, batch.get(name + "_mask"))
+
+
+def task_loss_sums(name: str, pred: Tensor, batch: Mapping[str, Tensor]
+                   ) -> tuple[Tensor, Tensor]:
+    """Per-sample (loss sum over valid pixels, valid count) of task `name` (`Task.loss_sums`)."""
+    task, label = _task_and_label(name, batch)
+    return task.loss_sums(pred, label, batch.get(name + "_mask"))
 
 
 UNDEFINED_BELOW = 1e-12
