@@ -223,3 +223,115 @@ def test_real_dataset_splits(tmp_path):
     assert train[0]["image"].shape == (3, 16, 16)
     with pytest.raises(ValueError, match="dataset.test: 3 samples .* has 2"):
         build_split(config, "test", 3)
+
+
+def _store_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "mtl.train.zoo"]
+
+
+def test_a_truncated_checkpoint_is_reported_once_and_rebuilt(tmp_path, monkeypatch, caplog):
+    calls = []
+    real = zoo.train_model
+    monkeypatch.setattr(zoo, "train_model",
+                        lambda c, d, **k: calls.append(d) or real(c, d, **k))
+    config = tiny_config(5)
+    entry = zoo.ensure_models([config], tmp_path)[zoo.config_hash(config)]
+    manifest = json.loads((entry / zoo.COMPLETE).read_text())
+    assert manifest["key"] == entry.name and sorted(manifest["files"]) == [
+        "config.json", "epoch_001.json", "epoch_001.pt", "history.json"]
+    pt = entry / "epoch_001.pt"
+    assert manifest["files"]["epoch_001.pt"]["size"] == pt.stat().st_size
+    data = pt.read_bytes()
+    pt.write_bytes(data[: len(data) // 3])
+    with caplog.at_level("WARNING", logger="mtl.train.zoo"):
+        assert zoo.find_model(config, tmp_path) is None
+        again = zoo.ensure_models([config], tmp_path)[zoo.config_hash(config)]
+    (line,) = _store_warnings(caplog)  # one line, though the entry was checked three times
+    assert "\n" not in line and str(entry) in line and "'epoch_001.pt'" in line
+    assert "truncated" in line and "rebuilt" in line
+    assert again == entry and len(calls) == 2 and zoo.is_complete(entry)
+    assert pt.read_bytes() == data  # the same config retrains the same weights
+    assert tiny_model(entry, config)(torch.rand(1, 3, 16, 16))["scene_class"].shape[0] == 1
+
+
+def fake_entry(store_dir: Path, config: dict) -> Path:
+    """An entry committed by ensure_models with a stand-in trainer (no torch training)."""
+    def fake(config, out_dir, **kwargs):
+        (Path(out_dir) / "epoch_001.pt").write_bytes(bytes(range(256)) * 4)
+        (Path(out_dir) / "epoch_001.json").write_text('{"epoch": 1}')
+
+    real, zoo.train_model = zoo.train_model, fake
+    try:
+        return zoo.ensure_models([config], store_dir)[zoo.config_hash(config)]
+    finally:
+        zoo.train_model = real
+
+
+def test_a_flipped_byte_is_detected(tmp_path, caplog):
+    config = {"model": "flip"}
+    entry = fake_entry(tmp_path, config)
+    pt = entry / "epoch_001.pt"
+    before = pt.stat()
+    data = bytearray(pt.read_bytes())
+    data[100] ^= 0x01
+    pt.write_bytes(bytes(data))
+    os.utime(pt, ns=(before.st_atime_ns, before.st_mtime_ns))  # silent: same size and time
+    zoo._digest.cache_clear()  # as a fresh process sees it (the verdict is cached per mtime)
+    with caplog.at_level("WARNING", logger="mtl.train.zoo"):
+        assert not zoo.is_complete(entry) and zoo.find_model(config, tmp_path) is None
+    (line,) = _store_warnings(caplog)
+    assert "'epoch_001.pt' does not match its sha256" in line and str(entry) in line
+    with pytest.raises(ValueError, match=r"epoch_001.pt' does not match its sha256.*"
+                       "ensure_models rebuilds it"):
+        zoo.load_model(entry, config, None)
+    data[100] ^= 0x01  # restored: trusted again
+    pt.write_bytes(bytes(data))
+    assert zoo.is_complete(entry)
+    data[7] ^= 0x80  # a later write changes the mtime: seen without a new process
+    pt.write_bytes(bytes(data))
+    os.utime(pt, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert not zoo.is_complete(entry)
+
+
+def test_entries_that_do_not_verify_are_rebuilt(tmp_path, caplog):
+    """Each way an entry can stop matching its manifest is named, and ensure_models (or
+    publish_model) replaces the entry instead of failing."""
+    config = {"model": "planted"}
+    breakages = [
+        (lambda e: (e / "epoch_009.pt").write_bytes(b"x"),
+         "holds 'epoch_009.pt', which COMPLETE does not list"),
+        (lambda e: (e / "epoch_001.json").unlink(), "'epoch_001.json' is missing"),
+        (lambda e: (e / zoo.COMPLETE).write_text(e.name + "\n"),
+         "COMPLETE holds no checksums (written by an older mtlsweep"),
+        (lambda e: (e / zoo.COMPLETE).write_text(json.dumps(
+            {"format": 1, "key": e.name, "files": {"../x": {"size": 1, "sha256": "0" * 64}}})),
+         r"malformed record for '../x'"),
+        (lambda e: (e / zoo.COMPLETE).write_text(json.dumps(
+            {"format": 1, "key": "0" * 16, "files": {}})), "not a format-1 manifest"),
+    ]
+    for breakage, words in breakages:
+        caplog.clear()
+        entry = fake_entry(tmp_path, config)
+        assert zoo.is_complete(entry)
+        breakage(entry)
+        with caplog.at_level("WARNING", logger="mtl.train.zoo"):
+            rebuilt = fake_entry(tmp_path, config)
+        assert rebuilt == entry and zoo.is_complete(entry)
+        assert any(words in line for line in _store_warnings(caplog)), (words, caplog.text)
+    (entry / "epoch_001.pt").write_bytes(b"")
+    src = tmp_path / "trial"
+    src.mkdir()
+    (src / "epoch_001.pt").write_bytes(b"trained elsewhere")
+    (src / "epoch_001.json").write_text('{"epoch": 1}')
+    assert zoo.publish_model(config, src, tmp_path) == entry  # the corrupt entry is replaced
+    assert (entry / "epoch_001.pt").read_bytes() == b"trained elsewhere"
+    assert zoo.is_complete(entry)
+    assert not list(tmp_path.glob("*.partial-*"))
+
+
+def test_stored_checkpoints_record_their_data_settings(tmp_path):
+    from mtl.train.checkpoints import data_settings, read_meta
+    config = tiny_config(0)
+    entry = zoo.ensure_models([config], tmp_path)[zoo.config_hash(config)]
+    data = data_settings(read_meta(entry / "epoch_001.pt"))
+    assert data == config["dataset"] and data["options"]["size"] == 16
