@@ -12,17 +12,22 @@ import polars as pl
 from orchestrator.analyze import load_tables
 from orchestrator.report import AnalysisResult, build_report
 
+
 def analyze(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             sweep: str | None = None) -> AnalysisResult:
     """Read the results under ``results_dir``, write PNG plots and report.md to ``out_dir``.
 
     ``results_dir`` is a sweep directory or a storage directory of several sweeps (then the
-    sweeps are analysed together unless ``sweep`` picks one). Raises FileNotFoundError when there
-    are no measurements to analyse.
+    sweeps are analysed together unless ``sweep`` picks one). Result files that do not count
+    (corrupt, foreign, duplicate) are skipped, each named in a ResultsWarning, in the report and
+    in the result's ``skipped``. Raises FileNotFoundError when there are no measurements to
+    analyse.
     """
     tables = load_tables(results_dir, sweep)
     if tables.measurements.select(pl.len()).collect().item() == 0:
         where = f"{os.fspath(results_dir)!r}" + (f" for sweep {sweep!r}" if sweep else "")
+        skipped = (f"; {len(tables.skipped)} result files were skipped, see the warnings"
+                   if tables.skipped else "")
         raise FileNotFoundError(f"no measurements under {where} (expected "
-                                "<sweep>/results/measurements/*.parquet)")
+                                f"<sweep>/results/measurements/*.parquet){skipped}")
     return build_report(tables, Path(out_dir))

@@ -15,7 +15,7 @@ from typing import Iterable
 import polars as pl
 
 from mtl.models import Layout
-from orchestrator.results import read_results
+from orchestrator.results_reading import Skipped, scan_results, warn_skipped
 
 PRIMARY_METRICS: dict[str, str] = {
     "segment_semantic": "miou", "depth_zbuffer": "abs_err", "normal": "angle_mean",
@@ -28,10 +28,12 @@ NO_LAYOUT = "no layout"
 
 @dataclass(frozen=True)
 class Tables:
-    """The three result tables, latest attempt only, with ``sharing``/``regime`` columns added."""
+    """The three result tables, latest attempt only, with ``sharing``/``regime`` columns added;
+    ``skipped``: the result files left out (corrupt, foreign, duplicate: results_reading.py)."""
     measurements: pl.LazyFrame
     epochs: pl.LazyFrame
     timings: pl.LazyFrame
+    skipped: tuple[Skipped, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,12 @@ def _latest_attempt(frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def load_tables(results_dir: str | os.PathLike, sweep: str | None = None) -> Tables:
-    """Read the three tables under ``results_dir`` (optionally one ``sweep``) for analysis."""
-    frames = {t: read_results(results_dir, t) for t in ("measurements", "epochs", "timings")}
+    """Read the three tables under ``results_dir`` (optionally one ``sweep``) for analysis.
+    Files that do not count are skipped, each named in a ResultsWarning and in ``skipped``."""
+    scans = [scan_results(results_dir, t) for t in ("measurements", "epochs", "timings")]
+    skipped = tuple(s for scan in scans for s in scan.skipped)
+    warn_skipped(skipped)
+    frames = {scan.table: scan.frame() for scan in scans}
     if sweep is not None:
         frames = {t: f.filter(pl.col("sweep") == sweep) for t, f in frames.items()}
     m, e = _latest_attempt(frames["measurements"]), _latest_attempt(frames["epochs"])
@@ -120,7 +126,7 @@ def load_tables(results_dir: str | os.PathLike, sweep: str | None = None) -> Tab
                 .with_columns(pl.coalesce("branch_point", "branch_point_of").alias("branch_point"))
                 .drop("branch_point_of").with_columns(_regime(),
                                                       _is_adversarial().alias("adversarial")))
-    return Tables(enrich(m), enrich(e), _latest_attempt(frames["timings"]))
+    return Tables(enrich(m), enrich(e), _latest_attempt(frames["timings"]), skipped)
 
 
 def final_epoch(frame: pl.LazyFrame) -> pl.LazyFrame:

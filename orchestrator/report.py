@@ -13,8 +13,10 @@ import polars as pl
 
 from orchestrator import analyze as A
 from orchestrator import plots
+from orchestrator.results_reading import Skipped
 
 MAX_GROUP_TABLES = 24
+MAX_SKIPPED_LISTED = 10
 MAX_HEATMAPS = 4
 
 TITLES = {
@@ -54,12 +56,14 @@ def frame_to_markdown(frame: pl.DataFrame, digits: int = 4) -> str:
 @dataclass(frozen=True)
 class AnalysisResult:
     """What :func:`analyze` wrote: ``report`` (report.md), ``plots`` (PNGs), the summary frame,
-    every table by section key, and why each absent section is absent."""
+    every table by section key, why each absent section is absent, and the result files that
+    were skipped (not counted)."""
     report: Path
     plots: list[Path]
     summary: pl.DataFrame
     tables: dict[str, pl.DataFrame] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
+    skipped: tuple[Skipped, ...] = ()
 
 
 
@@ -225,6 +229,19 @@ def _timings(doc: _Doc, t: A.Tables) -> None:
     doc.table("timings", frame)
 
 
+def _skipped(doc: _Doc, skipped: tuple[Skipped, ...]) -> None:
+    """Name the result files that were left out, so a reader knows what the numbers miss."""
+    if not skipped:
+        return
+    doc.text(f"**{len(skipped)} result files were skipped** and are not counted (corrupt, "
+             "foreign, of another table, with null keys, or a second copy of a trial):")
+    lines = [f"- `{item.path}`: {item.reason}" for item in skipped[:MAX_SKIPPED_LISTED]]
+    if len(skipped) > MAX_SKIPPED_LISTED:
+        lines.append(f"- ... and {len(skipped) - MAX_SKIPPED_LISTED} more (see the warnings of "
+                     "`mtlsweep analyze`)")
+    doc.text("\n".join(lines))
+
+
 SECTIONS = (_delta_by_objective, _tradeoff, _cross_task, _early_stopping, _transfer_vs_rho,
             _clean_vs_adversarial, _timings)
 
@@ -239,6 +256,7 @@ def build_report(t: A.Tables, out_dir: Path) -> AnalysisResult:
              "rows. Δ is the relative change of docs/design.md §2 (negative = the attack hurt); "
              "ε is in 1/255 units. Each trial's latest attempt and, unless a section says "
              "otherwise, its final checkpoint are used.")
+    _skipped(doc, t.skipped)
     if info["undefined_deltas"]:
         doc.text(f"**{info['undefined_deltas']} per-task Δ values were undefined and left out "
                  "of all means**: every clean metric of that task was 0, where a relative change "
@@ -258,4 +276,4 @@ def build_report(t: A.Tables, out_dir: Path) -> AnalysisResult:
     tmp.write_text("\n".join(doc.parts), encoding="utf-8")
     tmp.replace(report)
     return AnalysisResult(report=report, plots=doc.plots, summary=summary, tables=doc.tables,
-                            missing=doc.missing)
+                          missing=doc.missing, skipped=t.skipped)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import results
+from orchestrator import results, results_paths
 from orchestrator.results import (SCHEMA_VERSION, TABLES, read_results, result_files, schema,
                                   trial_path, write_trial_table)
 
@@ -36,9 +36,10 @@ def test_schema_has_the_documented_columns_and_version_metadata() -> None:
     assert TABLES == ("measurements", "epochs", "timings")
     assert schema("measurements").names == [
         "schema_version", "sweep", "trial_id", "attempt", "layout", "branch_point", "adv_train",
-        "rho", "optimizer", "seed", "epoch", "surrogate_id", "target_id", "kind",
-        "attack_method", "objective", "eps", "steps", "task", "metric", "clean", "adv",
-        "rel_change"]
+        "rho", "optimizer", "seed", "epoch", "train_epochs", "dataset", "model",
+        "surrogate_id", "target_id", "kind", "attack_method", "objective", "eps", "steps",
+        "task", "metric", "clean", "adv", "rel_change", "n", "numerator", "denominator",
+        "attack_options"]
     assert schema("epochs").names[-5:] == ["lr", "lr_decayed", "kept", "quantity", "value"]
     assert schema("timings").names == ["schema_version", "sweep", "trial_id", "attempt",
                                        "phase", "seconds"]
@@ -198,7 +199,7 @@ def test_uri_storage_writes_through_the_pyarrow_filesystem(monkeypatch) -> None:
     fake = types.ModuleType("pyarrow.fs")
     fake.__dict__.update(vars(pafs))
     fake.FileSystem = FileSystem
-    monkeypatch.setattr(results, "pafs", fake)
+    monkeypatch.setattr(results_paths, "pafs", fake)  # where storage URIs are resolved
     for attempt in (0, 1):
         uri = write_trial_table("s3://bucket/runs", "sw", "timings", "t0",
                                 [dict(attempt=attempt, phase="train", seconds=1.0)])
@@ -208,3 +209,69 @@ def test_uri_storage_writes_through_the_pyarrow_filesystem(monkeypatch) -> None:
     with mock.open_input_file("bucket/runs/sw/results/timings/t0.parquet") as src:
         assert pq.read_table(src)["attempt"].to_pylist() == [1]
     assert result_files("s3://bucket/runs/sw", "timings") == [uri]
+
+
+def test_schema_3_columns_for_statistics_are_nullable_and_round_trip(tmp_path: Path) -> None:
+    m, e = schema("measurements"), schema("epochs")
+    for name in ("n", "numerator", "denominator", "train_epochs"):
+        assert m.field(name).type == pa.int64() and m.field(name).nullable
+    for name in ("dataset", "model", "attack_options"):
+        assert m.field(name).type == pa.string() and m.field(name).nullable
+    for name in ("train_epochs", "dataset", "model"):  # trial-level: in the epochs table too
+        assert e.field(name).nullable
+    rows = [measurement(kind="transfer", target_id="tgt", task="scene_class",
+                        metric="success_rate", adv=0.4, rel_change=None, n=5, numerator=2,
+                        denominator=5, attack_options='{"rand_init":true}', train_epochs=8,
+                        dataset="scenes", model="resnet"),
+            measurement(kind="clean", attack_method="none", objective="none", eps=0.0,
+                        steps=0, metric="accuracy", clean=0.5, rel_change=None, n=5)]
+    write_trial_table(tmp_path, "sw", "measurements", "t0", rows)
+    df = read_results(tmp_path / "sw").collect().sort("kind")
+    assert df["n"].to_list() == [5, 5] and df["n"].dtype == pl.Int64
+    assert df["numerator"].to_list() == [None, 2] and df["denominator"].to_list() == [None, 5]
+    assert df["attack_options"].to_list() == [None, '{"rand_init":true}']
+    assert df["train_epochs"].to_list() == [None, 8] and df["dataset"].to_list() == [None, "scenes"]
+    with pytest.raises(ValueError, match="'n' must be an int"):
+        write_trial_table(tmp_path, "sw", "measurements", "t1", [measurement(n=2.5)])
+
+
+def test_files_carry_their_key_in_the_metadata(tmp_path: Path) -> None:
+    path = write_trial_table(tmp_path, "sw", "epochs", "t0", [epoch_row(attempt=2)] * 2)
+    meta = pq.read_schema(path).metadata
+    assert meta[results.TABLE_KEY] == b"epochs" and meta[results.SWEEP_KEY] == b"sw"
+    assert meta[results.TRIAL_KEY] == b"t0" and meta[results.ATTEMPT_KEY] == b"2"
+    empty = write_trial_table(tmp_path, "sw", "timings", "t0", [], attempt=3)
+    assert pq.read_schema(empty).metadata[results.ATTEMPT_KEY] == b"3"
+    filled = write_trial_table(tmp_path, "sw", "timings", "t1",
+                               [dict(phase="train", seconds=1.0)], attempt=1)
+    assert pq.read_table(filled)["attempt"].to_pylist() == [1]
+    with pytest.raises(ValueError, match="attempts \\[0, 1\\] in one file"):
+        write_trial_table(tmp_path, "sw", "epochs", "t2", [epoch_row(), epoch_row(attempt=1)])
+    with pytest.raises(ValueError, match="column 'attempt' is 0 but this file is for attempt 4"):
+        write_trial_table(tmp_path, "sw", "epochs", "t2", [epoch_row()], attempt=4)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_of_schema_1_and_2_read_with_nulls_in_the_new_columns(tmp_path: Path,
+                                                                    version: int) -> None:
+    """Before schema 3 the metadata held only the version and the table: the key comes from
+    the rows, and the statistics columns read as null."""
+    current = {f.name for f in schema("measurements")}
+    added = {"train_epochs", "dataset", "model", "n", "numerator", "denominator",
+             "attack_options"}
+    table = results.validate_rows("measurements", "sw", "old", [measurement()])
+    table = table.drop_columns(sorted(added))
+    assert set(table.column_names) == current - added
+    table = table.replace_schema_metadata({results.METADATA_KEY: str(version).encode(),
+                                           results.TABLE_KEY: b"measurements"})
+    table = table.set_column(0, "schema_version", pa.array([version], pa.int32()))
+    directory = tmp_path / "sw" / "results" / "measurements"
+    directory.mkdir(parents=True)
+    pq.write_table(table, directory / "old.parquet")
+    write_trial_table(tmp_path, "sw", "measurements", "new", [measurement(n=7)])
+    df = read_results(tmp_path / "sw").collect().sort("trial_id")
+    assert df["trial_id"].to_list() == ["new", "old"]
+    assert df["schema_version"].to_list() == [SCHEMA_VERSION, version]
+    old = df.filter(pl.col("trial_id") == "old")
+    assert all(old[name].to_list() == [None] for name in added)
+    assert df["n"].to_list() == [7, None]

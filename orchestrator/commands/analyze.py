@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
+
+from orchestrator.results_reading import ResultsWarning
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,6 +41,24 @@ def print_summary(summary: pl.DataFrame) -> None:
         print(summary)
 
 
+@contextmanager
+def clean_warnings(prefix: str) -> Iterator[None]:
+    """Print each ResultsWarning raised inside once, as ``<prefix>: warning: <path>: <reason>``
+    on stderr (not Python's warning format with source lines); other warnings pass through."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResultsWarning)
+        try:
+            yield
+        finally:
+            seen: set[str] = set()
+            for w in caught:
+                if not issubclass(w.category, ResultsWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                elif str(w.message) not in seen:
+                    seen.add(str(w.message))
+                    print(f"{prefix}: warning: {w.message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Analyse, print the summary and where the report went."""
     from orchestrator.analysis import analyze  # polars queries + matplotlib: import only when run
@@ -42,9 +66,12 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.results_dir) and "://" not in args.results_dir:
         raise FileNotFoundError(f"DIR {args.results_dir!r} is not a directory")
     out = Path(args.out) if args.out else Path(args.results_dir) / "analysis"
-    result = analyze(args.results_dir, out, sweep=args.sweep)
+    with clean_warnings("mtlsweep analyze"):
+        result = analyze(args.results_dir, out, sweep=args.sweep)
     print_summary(result.summary)
     for key, why in result.missing.items():
         print(f"  {key}: {why}")
+    if result.skipped:
+        print(f"{len(result.skipped)} result files skipped (named above and in the report)")
     print(f"report: {result.report}  ({len(result.plots)} plots in {out})")
     return 0
