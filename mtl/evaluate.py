@@ -1,10 +1,17 @@
 """Evaluation: clean metrics, white-box attacks, cross-task and cross-model transfer -> rows.
 
 Rows are plain dicts with keys `attack_method, objective, eps, steps, task, metric, clean, adv,
-rel_change` (+ `target_id` for transfer), see docs/internals.md. Per task, a row with
-`metric="delta"` carries Delta_t (clean/adv None) and `task="mean", metric="delta"` the mean over
-tasks; the RFN transfer success rate is `task="scene_class", metric="success_rate"` (value in
-`adv`). Metrics accumulate over the whole loader (LibMTL style), then Delta follows from them.
+rel_change, n, numerator, denominator, attack_options` (+ `target_id` for transfer), see
+docs/internals.md. Per task, a row with `metric="delta"` carries Delta_t (clean/adv None) and
+`task="mean", metric="delta"` the mean over tasks; the RFN transfer success rate is
+`task="scene_class", metric="success_rate"` (value in `adv`). Metrics accumulate over the whole
+loader (LibMTL style), then Delta follows from them.
+
+What a confidence interval needs rides along: `n` is the number of samples (images) behind a
+value — the evaluated images for metric and Delta rows, the qualifying examples for the
+success rate, whose counts are `numerator` / `denominator` (`adv = numerator / denominator`;
+both None on rows that are not rates). `attack_options` is the attack's method/objective
+options as canonical JSON (`{}` when none; None on clean rows).
 
 Models: the built-in network or any module whose `forward(x)` returns {task: tensor}; one
 without a `tasks` attribute needs `tasks=` (its task names) and is wrapped by `as_task_model`
@@ -12,6 +19,7 @@ without a `tasks` attribute needs `tasks=` (its task names) and is wrapped by `a
 """
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -61,6 +69,7 @@ class _Scorer:
     def __init__(self, model: nn.Module, tasks: Sequence[str]) -> None:
         self.model, self.tasks = model, tuple(tasks)
         self.metrics = new_metrics(self.tasks, model.out_channels)
+        self.count = 0  # images scored: the n behind every metric
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> dict[str, Tensor]:
@@ -74,6 +83,7 @@ class _Scorer:
 
     def update(self, images: Tensor, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         preds = self.predict(images)
+        self.count += int(images.shape[0])
         for t in self.tasks:
             self.metrics[t].update(preds[t], batch[t], batch.get(t + "_mask"))
         return preds
@@ -87,13 +97,8 @@ def _progress(enabled: bool, what: str, i: int) -> None:
         print(f"\r{what}: batch {i + 1}", end="", file=sys.stderr, flush=True)
 
 
-def evaluate_clean(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
-                   tasks: Sequence[str] | None = None, *, progress: bool = False
-                   ) -> dict[str, dict[str, float]]:
-    """Clean metrics {task: {metric: value}} over the loader (eval mode, no grad).
-
-    `tasks`: the tasks to score (default: the model's labelled ones); for a model without a
-    `tasks` attribute also its task names."""
+def _score_clean(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
+                 tasks: Sequence[str] | None, progress: bool) -> _Scorer:
     model = _task_model(model, tasks)
     scorer = None
     for i, batch in enumerate(loader):
@@ -103,14 +108,43 @@ def evaluate_clean(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
         _progress(progress, "clean", i)
     if scorer is None:
         raise ValueError("loader: yielded no batch")
-    return scorer.compute()
+    return scorer
+
+
+def evaluate_clean(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
+                   tasks: Sequence[str] | None = None, *, progress: bool = False
+                   ) -> dict[str, dict[str, float]]:
+    """Clean metrics {task: {metric: value}} over the loader (eval mode, no grad).
+
+    `tasks`: the tasks to score (default: the model's labelled ones); for a model without a
+    `tasks` attribute also its task names."""
+    return _score_clean(model, loader, tasks, progress).compute()
+
+
+def clean_rows(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
+               tasks: Sequence[str] | None = None, *, progress: bool = False) -> Rows:
+    """`evaluate_clean` as rows (one per task x metric, `clean` holds the value, `n` the
+    images scored; attack columns read `none`/0 and `attack_options` None)."""
+    scorer = _score_clean(model, loader, tasks, progress)
+    return [{"attack_method": "none", "objective": "none", "eps": 0.0, "steps": 0,
+             "task": task, "metric": metric, "clean": value, "adv": None, "rel_change": None,
+             "n": scorer.count, "numerator": None, "denominator": None, "attack_options": None}
+            for task, metrics in scorer.compute().items() for metric, value in metrics.items()]
+
+
+def attack_options(spec: AttackSpec) -> str:
+    """The spec's method/objective options as canonical JSON (sorted keys, no spaces)."""
+    return json.dumps(dict(spec.options), sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _rows(spec: AttackSpec, clean: Mapping[str, Mapping[str, float]],
-          adv: Mapping[str, Mapping[str, float]], extra: Mapping[str, Any] | None = None) -> Rows:
-    """Per task x metric rows, per-task Delta rows and the mean Delta row for one spec."""
+          adv: Mapping[str, Mapping[str, float]], n: int,
+          extra: Mapping[str, Any] | None = None) -> Rows:
+    """Per task x metric rows, per-task Delta rows and the mean Delta row for one spec, each
+    measured on `n` images."""
     base = {"attack_method": spec.method, "objective": spec.objective, "eps": float(spec.eps),
-            "steps": int(spec.steps), **(extra or {})}
+            "steps": int(spec.steps), "n": n, "numerator": None, "denominator": None,
+            "attack_options": attack_options(spec), **(extra or {})}
     rows: Rows = []
     for task, metrics in clean.items():
         flags = get_task(task).higher_is_better
@@ -164,7 +198,7 @@ def evaluate_attacks(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
         raise ValueError("loader: yielded no batch")
     clean_metrics = clean.compute()
     return [row for spec, scorer in zip(specs, advs)
-            for row in _rows(spec, clean_metrics, scorer.compute())]
+            for row in _rows(spec, clean_metrics, scorer.compute(), clean.count)]
 
 
 def cross_task_rows(model: nn.Module, loader: Iterable[Mapping[str, Tensor]], method: str,
@@ -206,8 +240,9 @@ def evaluate_transfer(surrogate: nn.Module, targets: Mapping[str, nn.Module],
     """Cross-model transfer: craft on `surrogate`, score every target (rows carry target_id).
 
     For scene_class, the RFN success rate counts the examples that EVERY target (that predicts
-    scene_class) classifies correctly on the clean input, and reports the share of those that
-    this target misclassifies after the attack (None when no example qualifies).
+    scene_class) classifies correctly on the clean input (`denominator`, also `n`), and reports
+    the share of those that this target misclassifies after the attack (`numerator`; the rate
+    is None when no example qualifies).
     `tasks` names the tasks of the models (surrogate or targets) without a `tasks` attribute.
     """
     if not targets:
@@ -251,11 +286,13 @@ def evaluate_transfer(surrogate: nn.Module, targets: Mapping[str, nn.Module],
     for tid in ids:
         clean_metrics = clean[tid].compute()
         for s, spec in enumerate(specs):
-            rows += _rows(spec, clean_metrics, advs[tid][s].compute(), {"target_id": tid})
+            rows += _rows(spec, clean_metrics, advs[tid][s].compute(), clean[tid].count,
+                          {"target_id": tid})
             if SUCCESS_TASK in clean[tid].tasks:
                 rows.append({"attack_method": spec.method, "objective": spec.objective,
                              "eps": float(spec.eps), "steps": int(spec.steps),
                              "target_id": tid, "task": SUCCESS_TASK, "metric": "success_rate",
                              "clean": None, "adv": fooled[tid][s] / counted if counted else None,
-                             "rel_change": None})
+                             "rel_change": None, "n": counted, "numerator": fooled[tid][s],
+                             "denominator": counted, "attack_options": attack_options(spec)})
     return rows

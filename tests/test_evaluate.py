@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from mtl.attacks import AttackSpec, attack
-from mtl.evaluate import (cross_task_rows, delta_matrix, evaluate_attacks, evaluate_clean,
-                          evaluate_transfer)
+from mtl.evaluate import (clean_rows, cross_task_rows, delta_matrix, evaluate_attacks,
+                          evaluate_clean, evaluate_transfer)
 from mtl.models import Layout, build_model
 from mtl.tasks import get_task, relative_change
 
 TASKS = ("segment_semantic", "depth_zbuffer", "normal", "scene_class")
 CHANNELS = {"segment_semantic": 5, "scene_class": 4}
 KEYS = {"attack_method", "objective", "eps", "steps", "task", "metric", "clean", "adv",
-        "rel_change"}
+        "rel_change", "n", "numerator", "denominator", "attack_options"}
 
 
 def make_model(seed: int, k: int = 2) -> torch.nn.Module:
@@ -141,3 +141,80 @@ def test_attack_command_prints_table(tmp_path, capsys):
     assert main(["attack", "--checkpoint", str(path), "--method", "cw"]) == 2
     assert "method" in capsys.readouterr().err
     assert main(["attack", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_rows_carry_n_and_canonical_attack_options():
+    model = make_model(0)
+    loader = make_loader(n_batches=2, B=3)  # 6 images
+    specs = [AttackSpec("pgd", "dgba", 8, 2, {"denominator": "clean"}),
+             AttackSpec("fgsm", "total", 4, 1)]
+    rows = evaluate_attacks(model, loader, specs)
+    assert {r["n"] for r in rows} == {6}
+    assert all(r["numerator"] is None and r["denominator"] is None for r in rows)
+    options = {r["objective"]: r["attack_options"] for r in rows}
+    assert options == {"dgba": '{"denominator":"clean"}', "total": "{}"}
+    clean = clean_rows(model, loader)
+    assert all(set(r) == KEYS for r in clean)
+    assert {r["n"] for r in clean} == {6} and {r["attack_options"] for r in clean} == {None}
+    assert {(r["task"], r["metric"]): r["clean"] for r in clean} == {
+        (t, m): v for t, metrics in evaluate_clean(model, loader).items()
+        for m, v in metrics.items()}
+    cross = cross_task_rows(model, loader, "fgsm", 8, 1, reduction="pixel")
+    assert {r["attack_options"] for r in cross} == {'{"reduction":"pixel"}'}
+
+
+class _Linear(torch.nn.Module):
+    """scene_class logits [s, -s, 0] with s the image mean: every pixel has a gradient, so FGSM
+    moves every pixel by ε."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.scale * x.mean((1, 2, 3))
+        return {"scene_class": torch.stack([s, -s, torch.zeros_like(s)], 1)}
+
+
+class _Lookup(torch.nn.Module):
+    """A target whose answers are fixed by hand: image k (channel 2 = k/8) gets class
+    ``clean[k]`` while unperturbed (channel 0 exactly 0.5), ``adv[k]`` once perturbed."""
+
+    def __init__(self, clean: list[int], adv: list[int]) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+        self.register_buffer("clean", torch.tensor(clean))
+        self.register_buffer("adv", torch.tensor(adv))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        k = (x[:, 2].mean((1, 2)) * 8).round().long()
+        perturbed = (x[:, 0] - 0.5).abs().amax((1, 2)) > 1e-3
+        cls = torch.where(perturbed, self.adv[k], self.clean[k])
+        return {"scene_class": torch.nn.functional.one_hot(cls, 3).float() + 0 * self.unused}
+
+
+def test_success_rate_counts_on_five_images_by_hand():
+    labels = [0, 1, 2, 0, 1]
+    images = torch.full((5, 3, 4, 4), 0.5)
+    for k in range(5):
+        images[k, 2] = k / 8
+    loader = [{"image": images[:3], "scene_class": torch.tensor(labels[:3])},
+              {"image": images[3:], "scene_class": torch.tensor(labels[3:])}]
+    targets = {  # clean: a is wrong on image 4, b on image 3 -> images 0, 1, 2 qualify
+        "a": _Lookup(clean=[0, 1, 2, 0, 2], adv=[1, 1, 0, 2, 0]),  # fooled on 0 and 2
+        "b": _Lookup(clean=[0, 1, 2, 1, 1], adv=[0, 2, 2, 1, 0]),  # fooled on 1
+    }
+    rows = evaluate_transfer(_Linear(), targets, loader, [AttackSpec("fgsm", "total", 8, 1)],
+                             tasks=["scene_class"])
+    rates = {r["target_id"]: r for r in rows if r["metric"] == "success_rate"}
+    assert (rates["a"]["numerator"], rates["a"]["denominator"], rates["a"]["n"]) == (2, 3, 3)
+    assert (rates["b"]["numerator"], rates["b"]["denominator"], rates["b"]["n"]) == (1, 3, 3)
+    assert rates["a"]["adv"] == pytest.approx(2 / 3) and rates["b"]["adv"] == pytest.approx(1 / 3)
+    accuracy = {r["target_id"]: r for r in rows if r["metric"] == "accuracy"}
+    assert accuracy["a"]["clean"] == pytest.approx(4 / 5) and accuracy["a"]["n"] == 5
+    assert accuracy["b"]["adv"] == pytest.approx(2 / 5) and accuracy["b"]["n"] == 5
+    assert all(r["numerator"] is None for r in rows if r["metric"] != "success_rate")
+    none = evaluate_transfer(_Linear(), {"a": _Lookup([1, 2, 0, 1, 2], [1] * 5)}, loader,
+                             [AttackSpec("fgsm", "total", 8, 1)], tasks=["scene_class"])
+    (rate,) = [r for r in none if r["metric"] == "success_rate"]
+    assert (rate["adv"], rate["numerator"], rate["denominator"], rate["n"]) == (None, 0, 0, 0)
