@@ -4,16 +4,28 @@
         --eps 2 4 8 --steps 10 --dataset scenes --split val --size 32 --n 64
 
 One table per eps: a row per task x metric, then each task's Delta and the mean Delta.
+
+The data defaults to what the checkpoint was trained on: `--dataset`, `--size`, `--root` (and
+the scenes world seed) come from the sidecar's `data` record (written by `mtlsweep train` and
+the model store); a flag overrides it, and a `--size` other than the trained one prints a
+warning. Only the built-in datasets are built: a source named in a sidecar is never imported.
+`--option` values are YAML scalars (safe_load) of at most MAX_OPTION_CHARS characters.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import re
+import sys
+from typing import Any, Mapping
 
 import torch
 import yaml
 
 from orchestrator.commands import check_common_args
+
+MAX_OPTION_CHARS = 200
+DEFAULT_DATASET, DEFAULT_SIZE = "scenes", 32  # for checkpoints that record no data settings
+_OPTION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,10 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method/objective option, e.g. random_start=true, denominator=clean")
-    p.add_argument("--dataset", default="scenes", help="scenes | nyuv2 | taskonomy")
-    p.add_argument("--root", default=None, help="dataset root (nyuv2, taskonomy)")
+    p.add_argument("--dataset", default=None,
+                   help="scenes | nyuv2 | taskonomy (default: the checkpoint's)")
+    p.add_argument("--root", default=None,
+                   help="dataset root (nyuv2, taskonomy; default: the checkpoint's)")
     p.add_argument("--split", default="val")
-    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side in pixels (default: the checkpoint's, else 32)")
     p.add_argument("--n", type=int, default=64, help="number of images attacked (default 64)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
@@ -43,21 +58,86 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
-    """['random_start=true', 'alpha=1'] -> {'random_start': True, 'alpha': 1} (YAML scalars)."""
-    options = {}
+    """['random_start=true', 'alpha=1'] -> {'random_start': True, 'alpha': 1}: each value one
+    YAML scalar (yaml.safe_load) of at most MAX_OPTION_CHARS characters, each key once."""
+    options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option: expected KEY=VALUE, got {item!r}")
-        options[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if not sep or not _OPTION_KEY.match(key):
+            raise ValueError(f"--option: expected KEY=VALUE with KEY a name of letters, digits "
+                             f"and _, got {item[:60]!r}")
+        if key in options:
+            raise ValueError(f"--option {key}: given twice; give each option once")
+        if len(value) > MAX_OPTION_CHARS:
+            raise ValueError(f"--option {key}: the value has {len(value)} characters; at most "
+                             f"{MAX_OPTION_CHARS} are allowed")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--option {key}: not a YAML value "
+                             f"({str(err).splitlines()[0][:80]})") from None
+        if parsed is not None and not isinstance(parsed, (bool, int, float, str)):
+            raise ValueError(f"--option {key}: expected one value (number, true/false, text), "
+                             f"got a {type(parsed).__name__}")
+        options[key] = parsed
     return options
 
 
-def _dataset(args: argparse.Namespace, tasks: list[str]) -> Any:
+def _trained_size(options: Mapping[str, Any], where: str) -> int | None:
+    """The square image side a data record trained at (int or [h, w] with h == w)."""
+    size = options.get("size")
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    if size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+        return size
+    raise ValueError(f"--size: {where} records data.options.size {str(size)[:40]}, which is "
+                     "not one square side; pass --size")
+
+
+def resolve_data(args: argparse.Namespace, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill `--dataset/--size/--root` left unset from the checkpoint's `data` record (else the
+    defaults); warn on stderr when `--size` differs from the trained size. Returns the
+    recorded options the attack reuses for the same source (the scenes world `seed`)."""
+    from mtl.data import DATASETS
+    from mtl.train.checkpoints import data_settings
+
+    where = str(args.checkpoint)
+    data = data_settings(meta, where)
+    if data is None:
+        if args.dataset is None or args.size is None:
+            args.dataset = DEFAULT_DATASET if args.dataset is None else args.dataset
+            args.size = DEFAULT_SIZE if args.size is None else args.size
+            print(f"mtlsweep attack: note: {where} records no dataset settings; using "
+                  f"--dataset {args.dataset} --size {args.size}", file=sys.stderr)
+        return {}
+    if args.dataset is None:
+        if data["source"] not in DATASETS:
+            raise ValueError(f"--dataset: {where} was trained on {data['source'][:60]!r}, "
+                             f"which this command cannot build; pass one of "
+                             f"{', '.join(DATASETS)}")
+        args.dataset = data["source"]
+    if args.dataset != data["source"]:
+        return {}
+    options = data["options"]
+    trained = _trained_size(options, where)
+    if args.size is None:
+        args.size = DEFAULT_SIZE if trained is None else trained
+    elif trained is not None and args.size != trained:
+        print(f"mtlsweep attack: warning: {where} was trained at {trained} px; attacking at "
+              f"--size {args.size}", file=sys.stderr)
+    if args.root is None and isinstance(options.get("root"), str):
+        args.root = options["root"]
+    seed = options.get("seed")
+    return {"seed": seed} if args.dataset == "scenes" and isinstance(seed, int) else {}
+
+
+def _dataset(args: argparse.Namespace, tasks: list[str], extra: Mapping[str, Any]) -> Any:
     from mtl.data import get_dataset, subset
 
     if args.dataset == "scenes":
-        data = get_dataset("scenes", args.split, size=args.size, length=args.n, tasks=tasks)
+        data = get_dataset("scenes", args.split, size=args.size, length=args.n, tasks=tasks,
+                           **extra)
     else:
         if args.root is None:
             raise ValueError(f"--root: required for --dataset {args.dataset}")
@@ -85,23 +165,25 @@ def run(args: argparse.Namespace) -> int:
     from mtl.attacks import AttackSpec
     from mtl.data import make_loader
     from mtl.evaluate import evaluate_attacks
-    from mtl.train.checkpoints import load_checkpoint
+    from mtl.train.checkpoints import load_checkpoint, read_meta
 
-    check_common_args(args, ("size", "n", "batch_size", "steps", "threads"))
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint: {args.checkpoint} does not exist")
+    extra = resolve_data(args, read_meta(args.checkpoint))
+    check_common_args(args, ("size", "n", "batch_size", "steps", "threads"))
+    options = parse_options(args.option)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_checkpoint(args.checkpoint, device=device)
-    options = parse_options(args.option)
     specs = [AttackSpec(args.method, args.objective, eps, args.steps, options).validate(
         model.tasks) for eps in args.eps]  # every argument is checked before any work
-    loader = make_loader(_dataset(args, list(model.tasks)), batch_size=args.batch_size)
+    loader = make_loader(_dataset(args, list(model.tasks), extra), batch_size=args.batch_size)
     rows = evaluate_attacks(model, loader, specs)
     print(f"checkpoint {args.checkpoint}  epoch {meta.get('epoch')}  "
-          f"layout {meta.get('model', {}).get('layout')}  "
-          f"{args.method} x {args.objective}, {args.steps} steps, n={args.n}")
+          f"layout {(meta.get('model') or {}).get('layout')}  "
+          f"{args.method} x {args.objective}, {args.steps} steps, n={args.n}, "
+          f"{args.dataset} {args.split} at {args.size} px")
     for eps in args.eps:
         print(f"\neps = {eps:g}/255")
         print(format_table([r for r in rows if r["eps"] == float(eps)]))

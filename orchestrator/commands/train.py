@@ -7,6 +7,8 @@
 Progress goes to stderr (one line per epoch); stdout gets, per kept epoch, the key metrics and
 the checkpoint path. DIR also receives `train_config.json`, `history.json` and
 `train_state.pt` (the state after the last finished epoch; `--resume` continues from it).
+Each kept checkpoint's sidecar records the dataset settings (`data`: source, size, seed or
+root, tasks, split sizes), which `mtlsweep attack` uses by default.
 """
 from __future__ import annotations
 
@@ -118,6 +120,21 @@ def _datasets(args: argparse.Namespace) -> tuple[Any, Any]:
     return train, val
 
 
+def data_settings(args: argparse.Namespace, train_set: Any, val_set: Any) -> dict[str, Any]:
+    """The dataset settings a checkpoint records, in the sweep's dataset form (source,
+    options, tasks, samples per split): what `mtlsweep attack` needs to rebuild the data."""
+    options: dict[str, Any] = {"size": args.size}
+    if args.dataset == "scenes":
+        options["seed"] = int(train_set.seed)  # the rendered world, not the training seed
+    else:
+        options["root"] = str(Path(args.root).resolve())
+    data = {"source": args.dataset, "options": options, "tasks": list(args.tasks),
+            "train": len(train_set)}
+    if val_set is not None:
+        data["val"] = len(val_set)
+    return data
+
+
 def _check(args: argparse.Namespace) -> None:
     check_common_args(args, ("size", "width", "train_len", "val_len", "threads"))
 
@@ -125,7 +142,7 @@ def _check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, then print one block per kept epoch (metrics and checkpoint path)."""
     from mtl.models import Layout, build_model
-    from mtl.train import load_train_state, save_train_state, train
+    from mtl.train import load_train_state, save_train_state, train, update_meta
 
     _check(args)
     config = build_config(args)  # every argument is checked before any work starts
@@ -144,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
+    data = data_settings(args, train_set, val_set)
+
     def save_state(epoch: int, metrics: dict, state: dict) -> None:
+        if metrics["kept"]:  # before the state: a resumed run rewrites an unrecorded epoch
+            update_meta(state["checkpoints"][epoch], {"data": data})
         save_train_state(state, state_path)
 
     result = train(model, train_set, config, val_set=val_set, checkpoint_dir=out,
