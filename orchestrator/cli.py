@@ -3,17 +3,34 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
+import tomllib
+from pathlib import Path
 
 # Each module exposes add_parser(subparsers), which registers one or more sub-commands and
 # sets `func(args) -> int | None` on them.
 COMMANDS = ("layouts", "train", "attack", "run", "analyze", "demo", "submit")
 
 
+def package_version() -> str:
+    """The installed mtlsweep's version, else the one in the source tree's pyproject.toml."""
+    try:
+        return importlib.metadata.version("mtlsweep")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtlsweep",
         description="Sweeps of adversarial attacks (DGBA, ...) on multi-task models, run by Ray Tune.")
+    parser.add_argument("--version", action="version", version=f"mtlsweep {package_version()}",
+                        help="print mtlsweep's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
