@@ -32,32 +32,17 @@ from mtl.config.run import parse_run_config
 from mtl.models.layout import Layout
 from mtl.train import zoo
 from orchestrator.axes import with_values
+from orchestrator.fs import filesystem, local_path
 
 if TYPE_CHECKING:
     from orchestrator.spec import SweepSpec
-
-
-def _local_path(storage: str) -> str | None:
-    """The local path of ``storage`` (a path or file:// URI), or None for a remote URI."""
-    if "://" not in storage:
-        return os.path.abspath(storage)
-    scheme, rest = storage.split("://", 1)
-    return rest if scheme == "file" else None  # no network call to classify a URI
-
-
-def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a local path or a URI pyarrow understands."""
-    local = _local_path(path)
-    if local is not None:
-        return pafs.LocalFileSystem(), local
-    return pafs.FileSystem.from_uri(path)
 
 
 def model_store_dir(storage: str, store_path: str | None = None) -> str:
     """Where the sweep's models live: ``store_path`` if given, else ``<storage>/models``."""
     if store_path is not None:
         return os.path.abspath(store_path)
-    local = _local_path(storage)
+    local = local_path(storage)
     if local is None:
         raise ValueError(f"store.path: storage {storage!r} is not a local or shared filesystem, "
                          "so the model store cannot live under it; set store.path in the sweep "

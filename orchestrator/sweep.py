@@ -1,129 +1,308 @@
-"""Run, resume and describe a sweep with Ray Tune.
+"""Run and resume a sweep: the sweep record decides what runs, Ray Tune schedules it.
 
-`run_sweep` validates the spec against the live cluster (before any trial: a GPU request on a
-GPU-less cluster would otherwise stay PENDING forever), then runs a `Tuner`
-(orchestrator/tuner.py, the one module that imports Ray Tune) with ``tune.with_resources`` (fractional CPU/GPU), ``reuse_actors``,
-``max_concurrent_trials`` and ``FailureConfig(max_failures)``. The experiment directory is
-``<storage>/<sweep>/``: Tune's own state plus ``sweep.json`` (the validated spec, so `resume`
-needs only the directory) and ``results/`` (the parquet record; Tune's result.json is not).
-`resume_sweep` restores with ``Tuner.restore(..., resume_errored=True)``: finished trials are
-not rerun, interrupted ones continue from their last epoch checkpoint.
+`run_sweep` binds the experiment directory ``<storage>/<sweep>/`` to the spec's hash
+(orchestrator/record.py): a new directory records the spec; the same spec again continues it
+(finished trials are skipped, interrupted ones continue from their last epoch); a different
+spec under the same name is refused, naming the fields that differ (``overwrite`` replaces the
+old sweep, ``new_name`` runs beside it). One run per directory at a time (a lock). Only then
+does Ray start: the cluster is checked against one trial's request, and a fresh `Tuner` runs the
+trials still missing. The outcome comes from the record, so the exit code tells the truth:
+every trial finished, some failed (named, with their reasons) or the run was interrupted.
+`resume_sweep` needs only the directory: it re-validates ``sweep.json`` and runs the rest.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import signal
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.spec import SweepSpec, parse_spec
-from orchestrator.store import filesystem, model_store_dir
-from orchestrator.tuner import check_cluster, fit, init_ray, shutdown, storage_uri
+import pyarrow.fs as pafs
 
-SPEC_FILE = "sweep.json"
-SPEC_FORMAT = 2
+from orchestrator import record
+from orchestrator.record import RecordError
+from orchestrator.spec import SpecError, SweepSpec, parse_spec
+from orchestrator.exits import SweepInterrupted
+from orchestrator.fs import filesystem
+from orchestrator.store import model_store_dir
+from orchestrator.sweep_lock import sweep_lock
+from orchestrator.trial import trial_configs
+from orchestrator.tuner import check_cluster, fit, init_ray, show_columns, shutdown, storage_uri
+
+SPEC_FILE = record.SPEC_FILE
 
 
 @dataclass
 class SweepOutcome:
-    """What a finished (or resumed) sweep left behind."""
+    """What a sweep's record holds after a run (or resume)."""
 
     experiment_dir: str
     results_dir: str
-    trials: int
-    errored: int
+    trials: int                         # trials the sweep has (grid) or samples it draws
+    finished: int = 0
+    failed: dict[str, str] = field(default_factory=dict)   # trial_id -> reason
+    pruned: int = 0
+    skipped: int = 0                    # already done before this run started
     best: dict[str, Any] | None = None  # search sweeps: the best trial's config and metric
+
+    @property
+    def errored(self) -> int:
+        return len(self.failed)
+
+    @property
+    def missing(self) -> int:
+        return max(self.trials - self.finished - self.pruned - len(self.failed), 0)
 
 
 def run_sweep(spec: SweepSpec, *, storage: str | None = None, address: str | None = None,
-              resume: bool = False) -> SweepOutcome:
-    """Run ``spec`` to the end (``resume``: continue an interrupted run of it instead)."""
+              overwrite: bool = False, new_name: bool = False, replace_changed: bool = False
+              ) -> SweepOutcome:
+    """Run ``spec``'s missing trials to the end (see the module docstring). ``overwrite``
+    deletes the directory's old sweep first; ``replace_changed`` only when its spec differs
+    (the demo's rule); ``new_name`` picks ``<name>-N`` when the name holds another spec."""
     # Absolute before it reaches a trial: Ray runs each trial in its own working directory,
     # where a relative path would silently scatter the results.
     storage = storage_uri(storage or spec.storage or "runs")
     spec = dataclasses.replace(spec, storage=storage)
+    if new_name:
+        spec = dataclasses.replace(spec, name=free_name(spec, storage))
+    exp_dir = f"{storage.rstrip('/')}/{spec.name}"
     needs_store = bool(spec.targets) or spec.reuse_surrogates
     store_dir = model_store_dir(storage, spec.store_path) if needs_store else ""
-    started = init_ray(address)
-    try:
-        check_cluster(spec)
-        exp_dir = f"{storage.rstrip('/')}/{spec.name}"
-        if not resume or not _has_spec(exp_dir):
-            save_spec(spec, exp_dir)
-        grid = fit(spec, storage, store_dir, exp_dir, resume)
-    finally:
-        if started:
-            shutdown()
-    return _outcome(spec, exp_dir, grid)
+    with sweep_lock(exp_dir):
+        claim(spec, exp_dir, overwrite, replace_changed)
+        done = _done(exp_dir)
+        points = _points(spec, done) if spec.search["mode"] == "grid" else None
+        total = _planned(spec)
+        todo = len(points) if points is not None else max(total - len(done), 0)
+        if todo:
+            print(f"mtlsweep: {len(done)} of {total} trials already done; running {todo}"
+                  if done else f"mtlsweep: running {todo} trials", file=sys.stderr, flush=True)
+            run = {"storage": storage, "store_dir": store_dir, "exp_dir": exp_dir}
+            grid = _fit(spec, exp_dir, address, run, points, todo, len(done))
+            _mark_pruned(spec, exp_dir, grid)
+        else:
+            grid = []
+        return _outcome(spec, exp_dir, total, len(done), grid)
 
 
 def resume_sweep(experiment_dir: str, *, address: str | None = None) -> SweepOutcome:
-    """Resume the sweep whose experiment directory (``<storage>/<sweep>``) is given."""
+    """Finish the sweep whose directory (``<storage>/<sweep>``) is given, from its record."""
     spec = load_saved_spec(experiment_dir)
-    storage = _parent(experiment_dir)
-    return run_sweep(spec, storage=storage, address=address, resume=True)
-
-
-def _parent(path: str) -> str:
-    path = path.rstrip("/")
-    return path.rsplit("/", 1)[0] if "://" in path else str(Path(path).resolve().parent)
-
-
-def save_spec(spec: SweepSpec, exp_dir: str) -> None:
-    """Keep the sweep with its experiment, so `resume` needs only the directory: the YAML
-    mapping as given (re-validated whenever it is read), its name, storage and import paths."""
-    fs, root = filesystem(exp_dir)
-    fs.create_dir(root, recursive=True)
-    record = {"format": SPEC_FORMAT, "name": spec.name, "storage": spec.storage,
-              "import_paths": list(spec.import_paths), "sweep": spec.raw}
-    with fs.open_output_stream(f"{root.rstrip('/')}/{SPEC_FILE}") as out:
-        out.write(json.dumps(record, indent=2, sort_keys=True).encode())
-
-
-def _has_spec(exp_dir: str) -> bool:
-    import pyarrow.fs as pafs
-    fs, root = filesystem(exp_dir)
-    return fs.get_file_info(f"{root.rstrip('/')}/{SPEC_FILE}").type == pafs.FileType.File
+    return run_sweep(spec, storage=_parent(experiment_dir), address=address)
 
 
 def load_saved_spec(experiment_dir: str) -> SweepSpec:
     """The spec a sweep was started with (``<experiment_dir>/sweep.json``), validated again.
     Import paths inside the experiment directory are not trusted (a copied directory is data,
-    not code)."""
-    fs, root = filesystem(experiment_dir)
-    try:
-        with fs.open_input_stream(f"{root.rstrip('/')}/{SPEC_FILE}") as src:
-            data = json.loads(src.read().decode())
-    except FileNotFoundError:
+    not code); the storage is where the directory is, whatever the file says."""
+    experiment_dir = experiment_dir.rstrip("/")
+    data = record.load_spec_record(experiment_dir)
+    if data is None:
         raise FileNotFoundError(f"{experiment_dir!r} is not a sweep directory (no {SPEC_FILE}); "
-                                "give <storage>/<sweep> of a sweep started by `mtlsweep run`"
-                                ) from None
-    if not isinstance(data, dict) or data.get("format") != SPEC_FORMAT or \
-            not isinstance(data.get("sweep"), dict):
-        raise ValueError(f"{experiment_dir}/{SPEC_FILE}: not a sweep record of format "
-                         f"{SPEC_FORMAT} (written by an older mtlsweep or not by mtlsweep)")
+                                "give <storage>/<sweep> of a sweep started by `mtlsweep run`")
+    fs, root = filesystem(experiment_dir)
     inside = os.path.abspath(root)
-    paths = tuple(p for p in data.get("import_paths", []) if isinstance(p, str)
-                  and os.path.isdir(p) and not os.path.abspath(p).startswith(inside))
-    return parse_spec(data["sweep"], name=data.get("name"), storage=data.get("storage"),
-                      import_paths=paths)
+    paths = tuple(p for p in data["import_paths"] if os.path.isdir(p)
+                  and not os.path.abspath(p).startswith(inside))
+    try:
+        return parse_spec(data["sweep"], name=data["name"], storage=_parent(experiment_dir),
+                          import_paths=paths)
+    except SpecError as err:
+        raise SpecError(f"{experiment_dir}/{SPEC_FILE}: {err}") from None
 
 
-def _outcome(spec: SweepSpec, exp_dir: str, grid: Any) -> SweepOutcome:
-    errored = [r for r in grid if r.error is not None]
-    for result in errored:
-        print(f"mtlsweep: trial failed after {spec.max_failures} retries: {result.error}",
-              file=sys.stderr)
-    best = None
+def _parent(path: str) -> str:
+    path = path.rstrip("/")
+    return path.rsplit("/", 1)[0] if "://" in path else os.path.dirname(os.path.abspath(path))
+
+
+def free_name(spec: SweepSpec, storage: str) -> str:
+    """``spec.name``, or ``<name>-2``, ``-3``... : the first whose directory is free or holds
+    this very spec (so a rerun with --new-name continues the copy it made before)."""
+    mine = record.spec_hash(spec.raw)
+    for i in range(1, 10_000):
+        name = spec.name if i == 1 else f"{spec.name}-{i}"
+        try:
+            data = record.load_spec_record(f"{storage.rstrip('/')}/{name}")
+        except RecordError:
+            continue
+        if data is None and not record.exists(f"{storage.rstrip('/')}/{name}"):
+            return name
+        if data is not None and data["spec_hash"] == mine:
+            return name
+    raise SpecError(f"name: no free name {spec.name}-N under {storage}")
+
+
+def claim(spec: SweepSpec, exp_dir: str, overwrite: bool, replace_changed: bool = False
+          ) -> None:
+    """Bind ``exp_dir`` to ``spec``: record a new sweep, accept the same spec, refuse a
+    different one (or replace it: ``overwrite`` always, ``replace_changed`` when it differs).
+    Leftover temp files are removed."""
+    try:
+        old = record.load_spec_record(exp_dir)
+        damaged = ""
+    except RecordError as err:
+        old, damaged = None, str(err)
+    if old is not None and old["spec_hash"] == record.spec_hash(spec.raw) and not overwrite:
+        _clean_temp(exp_dir)
+        return
+    occupied = damaged or old is not None or _has_content(exp_dir)
+    if occupied and not (overwrite or replace_changed):
+        why = (f"it holds a different sweep ({'; '.join(record.spec_differences(old['sweep'], spec.raw))})"
+               if old is not None else damaged or "it is not empty and holds no sweep record")
+        raise SpecError(f"name: {exp_dir} is taken: {why}. Use --new-name to run this spec "
+                        "beside it, or --overwrite to delete the old sweep and its results")
+    if occupied:
+        print(f"mtlsweep: replacing the sweep in {exp_dir}", file=sys.stderr)
+        _delete_contents(exp_dir)
+    save_spec(spec, exp_dir)
+
+
+def save_spec(spec: SweepSpec, exp_dir: str) -> None:
+    """Record ``spec`` as the sweep of ``exp_dir`` (``sweep.json``, with its hash)."""
+    record.save_spec_record(exp_dir, record.spec_record(spec.name, spec.raw, spec.import_paths))
+
+
+def _has_content(exp_dir: str) -> bool:
+    fs, root = filesystem(exp_dir)
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return any(f.base_name != ".lock" for f in found)
+
+
+def _delete_contents(exp_dir: str) -> None:
+    """Everything in the directory but the lock we hold."""
+    fs, root = filesystem(exp_dir)
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.base_name == ".lock":
+            continue
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        else:
+            fs.delete_file(info.path)
+
+
+def _clean_temp(exp_dir: str) -> None:
+    """Temp files a killed run left (results, record and state writes use ``*.tmp-*``)."""
+    fs, root = filesystem(exp_dir)
+    found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    for info in found:
+        if info.type == pafs.FileType.File and ".tmp-" in info.base_name:
+            fs.delete_file(info.path)
+
+
+def _done(exp_dir: str) -> set[str]:
+    """Trials the record marks finished (with their rows still present) or pruned."""
+    fs, root = filesystem(f"{exp_dir}/results/timings")
+    files = {f.base_name[:-len(".parquet")] for f in fs.get_file_info(
+        pafs.FileSelector(root, allow_not_found=True)) if f.base_name.endswith(".parquet")}
+    return {t for t, s in record.statuses(exp_dir).items()
+            if s["status"] == "pruned" or (s["status"] == "finished" and t in files)}
+
+
+def _planned(spec: SweepSpec) -> int:
+    if spec.search["mode"] == "grid":
+        return spec.num_grid_trials()
+    return spec.search["num_samples"] * spec.num_grid_trials()
+
+
+def _points(spec: SweepSpec, done: set[str]) -> list[dict]:
+    """The grid's trials still to run, each with readable values for the progress table."""
+    columns = show_columns(spec)
+    points = []
+    for trial in trial_configs(spec):
+        if trial["trial_id"] in done:
+            continue
+        show = {c: _readable(trial, c) for c in columns}
+        points.append({"trial_id": trial["trial_id"], "axis": trial["axis_values"],
+                       "show": show})
+    return points
+
+
+def _readable(trial: dict, column: str) -> str:
+    labels = trial["labels"]
+    if column == "layout":
+        bp = labels["branch_point"]
+        return f"bp{bp}" if bp is not None else str(labels["layout"])
+    if column in labels:
+        return str(labels[column])
+    value = trial["columns"].get(column)
+    text = str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+@contextmanager
+def _stop_on_signals(exp_dir: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM: stop at once with SweepInterrupted; further signals are ignored
+    while Ray shuts down (a second Ctrl-C must not turn a clean stop into a traceback)."""
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SweepInterrupted(exp_dir, signum)
+
+    main = threading.current_thread() is threading.main_thread()  # signals: main thread only
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    for sig in previous:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fit(spec: SweepSpec, exp_dir: str, address: str | None, run: dict,
+         points: list[dict] | None, todo: int, done: int) -> Any:
+    with _stop_on_signals(exp_dir):
+        started = init_ray(address)
+        try:
+            check_cluster(spec)
+            return fit(spec, run, points, num_samples=None if points is not None else todo,
+                       seed_offset=done)
+        finally:
+            if started:
+                shutdown()
+
+
+def _mark_pruned(spec: SweepSpec, exp_dir: str, grid: Any) -> None:
+    """Trials ASHA stopped early end without an error and without their final evaluation:
+    the record marks them pruned, so a resume does not run them again."""
+    if spec.search["mode"] == "grid" or spec.search["scheduler"]["name"] != "asha":
+        return
+    states = record.statuses(exp_dir)
+    for result in grid:
+        trial_id = os.path.basename(str(result.path).rstrip("/"))
+        if result.error is None and trial_id not in states and \
+                not (result.metrics or {}).get("evaluated"):
+            record.set_status(exp_dir, trial_id, "pruned", "stopped early by ASHA")
+
+
+def _outcome(spec: SweepSpec, exp_dir: str, total: int, skipped: int, grid: Any
+             ) -> SweepOutcome:
+    states = record.statuses(exp_dir)
+    done = _done(exp_dir)
+    failed = {t: s["reason"] for t, s in states.items()
+              if s["status"] == "failed" and t not in done}
+    for result in grid:  # an error whose status could not be written (e.g. a full disk)
+        trial_id = os.path.basename(str(result.path).rstrip("/"))
+        if result.error is not None and trial_id not in done:
+            failed.setdefault(trial_id, f"{type(result.error).__name__}: {result.error}")
+    outcome = SweepOutcome(
+        experiment_dir=exp_dir, results_dir=f"{exp_dir}/results", trials=total,
+        finished=sum(states[t]["status"] == "finished" for t in done),
+        pruned=sum(states[t]["status"] == "pruned" for t in done), failed=failed,
+        skipped=skipped)
     if spec.search["mode"] != "grid":
         metric, goal = spec.search["metric"], spec.search["goal"]
         scored = [r for r in grid if r.metrics and r.metrics.get(metric) is not None]
         if scored:
             pick = (max if goal == "max" else min)(scored, key=lambda r: r.metrics[metric])
-            best = {"metric": metric, "value": pick.metrics[metric],
-                    "config": pick.config.get("axis", {})}
-    return SweepOutcome(experiment_dir=exp_dir, results_dir=f"{exp_dir}/results",
-                        trials=len(grid), errored=len(errored), best=best)
+            outcome.best = {"metric": metric, "value": pick.metrics[metric],
+                            "config": pick.config.get("axis", {})}
+    return outcome
+

@@ -2,10 +2,11 @@
 
 `resolve_trial` turns the sweep's base run config and one trial's axis values into a validated
 `mtl.config.run.RunConfig`; `execute_trial` does the work and runs without Ray too (the bench's
-plain loop; Ray Tune's trainable in orchestrator/tuner.py calls it). Per epoch the trial reports its metrics and a
-Tune checkpoint (training state + kept model checkpoints), so a retried trial continues from its
-last finished epoch (`ray.tune.get_checkpoint()`). After training it evaluates each kept epoch
-(clean, white-box attacks, cross-task matrix, transfer to the target zoo) and writes the
+plain loop; Ray Tune's trainable in orchestrator/tuner.py calls it). After every epoch it hands
+the training state (kept checkpoints + optimiser, scheduler and RNG state) to ``checkpoint``
+(the sweep saves it in its record, orchestrator/trial_state.py), so a retried or resumed trial
+continues from its last finished epoch (``restore_dir``). After training it evaluates each kept
+epoch (clean, white-box attacks, cross-task matrix, transfer to the target zoo) and writes the
 `measurements`, `epochs` and `timings` tables through orchestrator.results, one atomic parquet
 per table per trial (a retry replaces the file). The science lives in mtl/.
 """
@@ -36,7 +37,8 @@ from orchestrator.axes import column_value, with_values
 if TYPE_CHECKING:
     from orchestrator.spec import SweepSpec
 
-Reporter = Callable[[dict, "str | None"], None]
+Reporter = Callable[[dict], None]        # per-epoch and final metrics (Tune's report)
+Checkpointer = Callable[[str], None]     # a local directory holding the state to keep
 STATE_FILE = "train_state.pt"
 
 # Epoch-record keys that are columns of the epochs table (or not measurements at all).
@@ -82,7 +84,7 @@ def resolve_trial(context: Mapping[str, Any], values: Mapping[str, Any]) -> dict
     trial = {"sweep": context["sweep"], "run": run, "labels": labels, "columns": columns,
              "targets": context["targets"], "resources": context["resources"],
              "reuse_surrogates": context["reuse_surrogates"], "search": context["search"],
-             "model_config": run.model_key()}
+             "model_config": run.model_key(), "axis_values": dict(values)}
     # How a trial runs (resources, reusing a stored surrogate) does not change its results,
     # so it does not change its id either.
     decisive = {"sweep": trial["sweep"], "run": run.to_dict(), "targets": trial["targets"]}
@@ -94,9 +96,12 @@ def resolve_trial(context: Mapping[str, Any], values: Mapping[str, Any]) -> dict
 
 
 def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
-                  report: Reporter | None = None, restore_dir: str | None = None,
-                  progress: bool = False) -> dict[str, float]:
-    """Run one resolved trial end to end; returns (and reports) its final metrics."""
+                  report: Reporter | None = None, checkpoint: Checkpointer | None = None,
+                  restore_dir: str | None = None, progress: bool = False
+                  ) -> dict[str, float]:
+    """Run one resolved trial end to end; returns (and reports) its final metrics. Training
+    that diverges (a non-finite loss) raises `mtl.train.NonFiniteLossError` before any row is
+    written."""
     run: RunConfig = trial["run"]
     register_tasks(run.tasks)
     t_start = time.perf_counter()
@@ -112,7 +117,8 @@ def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
         ckpt_dir = work / "checkpoints"
         ckpt_dir.mkdir()
         t0 = time.perf_counter()
-        history = _train(trial, data, ckpt_dir, store_dir, device, report, restore_dir, progress)
+        history = _train(trial, data, ckpt_dir, store_dir, device, report, checkpoint,
+                         restore_dir, progress)
         timings["train"] = time.perf_counter() - t0
         rows, final = _evaluate(trial, data, ckpt_dir, store_dir, device, timings)
         final["train_loss"] = float(history[-1]["train_loss"]) if history else math.nan
@@ -137,12 +143,13 @@ def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
         per_epoch = {k: v for k, v in last.items() if isinstance(v, (int, float))
                      and not isinstance(v, bool) and math.isfinite(v)}
         report({**per_epoch, "evaluated": 1,
-                **{k: v for k, v in final.items() if v is not None}}, None)
+                **{k: v for k, v in final.items() if v is not None}})
     return final
 
 
 def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: torch.device,
-           report: Reporter | None, restore_dir: str | None, progress: bool) -> list[dict]:
+           report: Reporter | None, checkpoint: Checkpointer | None, restore_dir: str | None,
+           progress: bool) -> list[dict]:
     """Train (or restore / reuse) the surrogate; kept checkpoints end up in ``ckpt_dir``."""
     from mtl.train import TrainConfig, load_train_state, save_train_state, train
     config = TrainConfig.from_dict(trial["run"].training)
@@ -158,12 +165,13 @@ def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: t
     model = build_model(trial["model_config"], data["train"]).to(device)
 
     def callback(epoch: int, metrics: dict, state: dict) -> None:
-        if report is None:
-            return
-        with tempfile.TemporaryDirectory(prefix="mtlsweep-ckpt-") as tmp:
-            save_train_state(state, Path(tmp) / STATE_FILE)
-            _copy_model_files(ckpt_dir, tmp)
-            report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, tmp)
+        if checkpoint is not None:
+            with tempfile.TemporaryDirectory(prefix="mtlsweep-ckpt-") as tmp:
+                save_train_state(state, Path(tmp) / STATE_FILE)
+                _copy_model_files(ckpt_dir, tmp)
+                checkpoint(tmp)
+        if report is not None:
+            report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
     if resume is not None and int(resume["epoch"]) >= config.epochs:
         history = list(resume["history"])  # the attempt before died after training
@@ -206,9 +214,10 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
     rows: list[dict] = []
 
     def add(kind: str, epoch: int, new: list[dict]) -> None:
-        # target_id: the transfer target's label; null for rows measured on the surrogate
+        # target_id: the model the values were measured on: the surrogate itself for clean,
+        # white-box and cross-task rows, the transfer target for transfer rows
         rows.extend({"epoch": epoch, "kind": kind, "surrogate_id": surrogate_id,
-                     "target_id": None, **row} for row in new)
+                     "target_id": surrogate_id, **row} for row in new)
 
     model = build_model(trial["model_config"], data["train"])  # each epoch loads its weights
     for epoch, path in sorted(checkpoint_paths(ckpt_dir).items()):

@@ -1,41 +1,69 @@
 """Every Ray import of the sweep runner lives here: the Tune trainable, the param space, the
 Tuner's parts (search algorithm, scheduler, reporter), joining a cluster and checking it.
 
-A trial's Tune config is ``{"axis": {dotted.path: value}, "run": {storage, store_dir}}``; what
-every trial shares (the base run config, the axes, the transfer zoo) is passed once with
-``tune.with_parameters`` as the sweep context (orchestrator/trial.py `sweep_context`).
+A grid trial's Tune config is ``{"point": {trial_id, axis: {dotted.path: value}, show},
+"run": {storage, store_dir, exp_dir}}`` (a search trial's has ``axis`` instead of ``point``);
+what every trial shares (the base run config, the axes, the transfer zoo) is passed once with
+``tune.with_parameters`` as the sweep context (orchestrator/trial.py `sweep_context`). Tune is
+the scheduler only: trials keep their state and status in the sweep record.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
+import dataclasses
 import os
-import sys
+import shutil
+import tempfile
 from typing import Any
 
+from mtl.train import NonFiniteLossError
+from orchestrator import record, trial_state
 from orchestrator.devices import check_resources
 from orchestrator.spec import SpecError, SweepSpec
 from orchestrator.trial import execute_trial, resolve_trial, sweep_context
 
 
 def tune_trainable(config: dict, context: dict) -> None:
-    """The Ray Tune function trainable: resolve the trial from its axis values, continue from
-    Tune's checkpoint when retried, report per epoch and at the end."""
+    """The Ray Tune function trainable: resolve the trial, record it, continue from its saved
+    state when one verifies (a retry or a resume), report per epoch and at the end, and leave
+    its status in the sweep record (orchestrator/record.py)."""
     from ray import tune
-    # Tune logs every persisted checkpoint at INFO; one per epoch per trial drowns the table.
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    trial = resolve_trial(context, config.get("axis", {}))
-    if trial["search"]:  # sampled trials may coincide: the Tune index keeps their files apart
-        trial["trial_id"] += "-" + tune.get_context().get_trial_id().rsplit("_", 1)[-1]
-    checkpoint = tune.get_checkpoint()
+    run = config["run"]
+    exp_dir = run["exp_dir"]
+    point = config.get("point")
+    values = point["axis"] if point else config.get("axis", {})
+    trial = resolve_trial(context, values)
+    trial["trial_id"] = tune.get_context().get_trial_name()  # = trial_name() on the driver
+    trial_id = trial["trial_id"]
+    record.write_trial_info(exp_dir, trial_id, {"trial_id": trial_id, "axis": values,
+                                                "run": trial["run"].to_dict()})
 
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=ckpt)
+    def keep_state(local_dir: str) -> None:
+        trial_state.save_state(exp_dir, trial_id, local_dir)
 
-    with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as restore:
-        execute_trial(trial, storage=config["run"]["storage"],
-                      store_dir=config["run"]["store_dir"], report=report, restore_dir=restore)
+    with tempfile.TemporaryDirectory(prefix="mtlsweep-restore-") as restore:
+        found = trial_state.load_state(exp_dir, trial_id, restore)
+        try:
+            execute_trial(trial, storage=run["storage"], store_dir=run["store_dir"],
+                          report=tune.report, checkpoint=keep_state,
+                          restore_dir=restore if found else None)
+        except NonFiniteLossError as err:  # deterministic: a retry would diverge again
+            record.set_status(exp_dir, trial_id, "failed", str(err))
+            tune.report({"failed": 1})
+            return
+        except Exception as err:
+            record.set_status(exp_dir, trial_id, "failed", f"{type(err).__name__}: {err}")
+            raise
+    record.set_status(exp_dir, trial_id, "finished")
+    record.delete_dir(trial_state.state_dir(exp_dir, trial_id))  # the rows are the record
+
+
+def trial_name(context: dict, config: dict, tune_trial_id: str) -> str:
+    """Tune's name (and directory) of a trial = our ``trial_id``: a grid point carries it; a
+    sampled trial gets the hash of its values plus Tune's id (sampled values may coincide)."""
+    point = config.get("point")
+    if point:
+        return point["trial_id"]
+    return f"{resolve_trial(context, config.get('axis', {}))['trial_id']}-{tune_trial_id}"
 
 
 def _sampler(dist: dict) -> Any:
@@ -47,17 +75,21 @@ def _sampler(dist: dict) -> Any:
             tune.choice(v))
 
 
-def param_space(spec: SweepSpec, storage: str, store_dir: str) -> dict:
-    """Tune's param space: one entry per axis under ``axis`` (a grid axis of several values is
-    ``tune.grid_search``; a searched field is a Tune sampler) and the ``run`` paths."""
+def param_space(spec: SweepSpec, run: dict, points: list[dict] | None) -> dict:
+    """Tune's param space. A grid sweep: ``point``, a ``tune.grid_search`` over the trials
+    still to run (each ``{"trial_id", "axis": {path: value}, "show": {column: text}}``); a
+    search: one entry per axis under ``axis`` (a grid axis of several values is
+    ``tune.grid_search``, a searched field a Tune sampler). ``run``: where results go."""
     from ray import tune
+    if points is not None:
+        return {"point": tune.grid_search(points), "run": run}
     axes: dict[str, Any] = {}
     for axis in spec.axes:
         values = list(axis.values)
         axes[axis.path] = tune.grid_search(values) if len(values) > 1 else values[0]
     for path, dist in spec.search.get("space", {}).items():
         axes[path] = _sampler(dist)
-    return {"axis": axes, "run": {"storage": storage, "store_dir": store_dir}}
+    return {"axis": axes, "run": run}
 
 
 def init_ray(address: str | None = None) -> bool:
@@ -101,10 +133,6 @@ def check_cluster(spec: SweepSpec) -> None:
                         f"that (alive nodes: {have})")
 
 
-def _trial_dirname(trial: Any) -> str:
-    return f"trial-{trial.trial_id}"
-
-
 def _search_alg(spec: SweepSpec, limit: int) -> Any:
     """Tune's search algorithm for ``search.mode`` (random: BasicVariantGenerator; optuna:
     OptunaSearch behind a ConcurrencyLimiter)."""
@@ -131,19 +159,28 @@ def _search_alg(spec: SweepSpec, limit: int) -> Any:
     return BasicVariantGenerator(random_state=search["seed"], max_concurrent=limit)
 
 
-def tuner_parts(spec: SweepSpec) -> tuple[Any, Any, Any]:
-    """(trainable with resources and the sweep context, TuneConfig, RunConfig) for ``spec``."""
+def tuner_parts(spec: SweepSpec, tune_dir: str, num_samples: int | None = None,
+                seed_offset: int = 0) -> tuple[Any, Any, Any]:
+    """(trainable with resources and the sweep context, TuneConfig, RunConfig) for ``spec``;
+    Tune keeps its own files in ``tune_dir`` (scratch: the sweep's record is elsewhere).
+    ``num_samples``/``seed_offset``: what a resumed search still has to sample."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    context = sweep_context(spec)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, context=sweep_context(spec)),
-        spec.resource_request())
-    search = spec.search
-    kwargs: dict[str, Any] = {"reuse_actors": True, "trial_dirname_creator": _trial_dirname,
+        tune.with_parameters(tune_trainable, context=context), spec.resource_request())
+
+    def name(trial: Any) -> str:
+        return trial_name(context, trial.config, trial.trial_id)
+
+    search = dict(spec.search, seed=spec.search.get("seed", 0) + seed_offset)
+    kwargs: dict[str, Any] = {"reuse_actors": True, "trial_name_creator": name,
+                              "trial_dirname_creator": name,
                               "max_concurrent_trials": spec.max_concurrent or None}
     if search["mode"] != "grid":
-        kwargs["num_samples"] = search["num_samples"]
-        kwargs["search_alg"] = _search_alg(spec, kwargs.pop("max_concurrent_trials") or 0)
+        kwargs["num_samples"] = search["num_samples"] if num_samples is None else num_samples
+        kwargs["search_alg"] = _search_alg(dataclasses.replace(spec, search=search),
+                                           kwargs.pop("max_concurrent_trials") or 0)
         sched = search["scheduler"]
         if sched["name"] == "asha":
             epochs = max([spec.training["epochs"]]
@@ -152,42 +189,51 @@ def tuner_parts(spec: SweepSpec) -> tuple[Any, Any, Any]:
                 metric=sched["metric"], mode=sched["goal"], max_t=epochs + 1,
                 grace_period=min(sched["grace_period"], epochs),
                 reduction_factor=sched["reduction_factor"])
-    # One compact status table (the axes and a few metrics) instead of Tune's default dump of
-    # every config key per trial; RAY_AIR_NEW_OUTPUT=1 in the environment brings that back.
+    # One compact status table (readable axis values and a few metrics) instead of Tune's
+    # default dump of every config key per trial; RAY_AIR_NEW_OUTPUT=1 brings that back.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Checkpointing every epoch forces frequent experiment snapshots by design (they are what
-    # makes `resume` continue mid-trial); Tune's warning about it is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    columns = [a.path for a in spec.axes if len(a.values) > 1] + list(search.get("space", {}))
+    # Ctrl-C must stop the driver at once (the record keeps every finished epoch); Tune's own
+    # handler would instead end fit() quietly and point at Tuner.restore, which we never use.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if search["mode"] == "grid":
+        columns = {f"point/show/{c}": c for c in show_columns(spec)}
+    else:
+        paths = [a.path for a in spec.axes if len(a.values) > 1] + list(search.get("space", {}))
+        columns = {f"axis/{p}": p.rsplit(".", 1)[-1] for p in paths}
     reporter = tune.CLIReporter(
-        parameter_columns={f"axis/{p}": p.rsplit(".", 1)[-1] for p in columns},
+        parameter_columns=columns,
         metric_columns={"training_iteration": "iter", "train_loss": "train loss",
                         "whitebox_delta": "white-box Δ", "transfer_success": "transfer"},
         max_report_frequency=30)
     run_config = tune.RunConfig(
-        name=spec.name, storage_path=storage_uri(spec.storage),
+        name="tune", storage_path=tune_dir,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
         progress_reporter=reporter)
     return trainable, tune.TuneConfig(**kwargs), run_config
 
 
+def show_columns(spec: SweepSpec) -> list[str]:
+    """The progress table's parameter columns of a grid: the axes that vary."""
+    return [a.column or a.path for a in spec.axes if len(a.values) > 1]
+
+
 def storage_uri(storage: str) -> str:
     return storage if "://" in storage else os.path.abspath(storage)
 
 
-def fit(spec: SweepSpec, storage: str, store_dir: str, exp_dir: str, resume: bool) -> Any:
-    """Run the Tuner (restored from ``exp_dir`` when resuming) and return its ResultGrid."""
+def fit(spec: SweepSpec, run: dict, points: list[dict] | None, num_samples: int | None = None,
+        seed_offset: int = 0) -> Any:
+    """Run a fresh Tuner over ``points`` (a grid's remaining trials) or ``num_samples``
+    samples of a search, and return its ResultGrid. Tune's state goes to a temporary
+    directory that is removed afterwards: the sweep's record is mtlsweep's own."""
     from ray import tune
-    if resume and tune.Tuner.can_restore(exp_dir):
-        trainable, _, _ = tuner_parts(spec)
-        tuner = tune.Tuner.restore(exp_dir, trainable, resume_errored=True)
-        print(f"mtlsweep: resuming {exp_dir}", file=sys.stderr)
-    else:
-        if resume:  # killed before Tune saved any state: nothing to keep, start over
-            print(f"mtlsweep: no saved Tune state in {exp_dir}; starting the sweep",
-                  file=sys.stderr)
-        trainable, tune_config, run_config = tuner_parts(spec)
-        tuner = tune.Tuner(trainable, param_space=param_space(spec, storage, store_dir),
+    tune_dir = tempfile.mkdtemp(prefix="mtlsweep-tune-")
+    try:
+        trainable, tune_config, run_config = tuner_parts(spec, tune_dir, num_samples,
+                                                         seed_offset)
+        tuner = tune.Tuner(trainable, param_space=param_space(spec, run, points),
                            tune_config=tune_config, run_config=run_config)
-    return tuner.fit()
+        return tuner.fit()
+    finally:
+        shutil.rmtree(tune_dir, ignore_errors=True)

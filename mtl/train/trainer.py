@@ -21,6 +21,7 @@ shuffles with its own generator (`mtl.data.make_loader(seed=...)`); the state pa
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections import Counter
@@ -177,6 +178,19 @@ def _set_rng_state(rng: Mapping[str, Any], loader: Any, device: torch.device) ->
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
+class NonFiniteLossError(ArithmeticError):
+    """Training diverged: an epoch's mean loss is NaN or infinite (its weights are unusable)."""
+
+
+def _check_finite(record: dict[str, Any], epoch: int, config: TrainConfig) -> None:
+    bad = {k: v for k, v in record.items() if k.startswith("train_loss") and not math.isfinite(v)}
+    if bad:
+        raise NonFiniteLossError(
+            f"training diverged at epoch {epoch}: " + ", ".join(f"{k} = {v}" for k, v in
+                                                                sorted(bad.items()))
+            + f" (training.lr = {config.lr:g}; a lower learning rate usually helps)")
+
+
 def train(model: nn.Module, train_set: Any, config: TrainConfig, *, val_set: Any = None,
           checkpoint_dir: str | os.PathLike | None = None, callback: Callback | None = None,
           resume_state: Mapping[str, Any] | None = None, progress: bool = True,
@@ -268,6 +282,7 @@ def train(model: nn.Module, train_set: Any, config: TrainConfig, *, val_set: Any
                                   "lr_decayed": prev_lr is not None and lr < prev_lr,
                                   "kept": epoch in config.keep_epochs}
         record.update({k: v / seen for k, v in sums.items()})
+        _check_finite(record, epoch, config)
         if val_set is not None:
             record.update(evaluate_metrics(model, val_set, config.batch_size, device))
         if record["kept"]:

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.sweep import run_sweep
     spec = load_spec(args.sweep, storage=args.storage)
     print(describe(spec), flush=True)
-    outcome = run_sweep(spec, storage=spec.storage, address=args.address)
+    # the demo's directory follows the demo: an unchanged one continues, a changed one is redone
+    outcome = run_sweep(spec, storage=spec.storage, address=args.address, replace_changed=True)
     code = report(outcome)
     analysis = analyze(outcome.experiment_dir, Path(outcome.experiment_dir) / "analysis")
     print_summary(analysis.summary)
