@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from orchestrator.exits import SweepBusyError, SweepInterrupted, is_disk_full
+
 # Each module exposes add_parser(subparsers), which registers one or more sub-commands and
 # sets `func(args) -> int | None` on them.
 COMMANDS = ("layouts", "train", "attack", "run", "analyze", "demo", "submit")
@@ -44,12 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit status 0 done, 1 failed or refused, 2 bad input, 130 (128 +
+    signal) interrupted, each with one line on stderr instead of a traceback."""
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"mtlsweep {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except SweepInterrupted as stop:
+        print(f"mtlsweep {args.command}: interrupted; finished trials and epochs are kept. "
+              f"To continue: mtlsweep resume {stop.experiment_dir}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print(f"mtlsweep {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except SweepBusyError as err:
+        print(f"mtlsweep {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        where = getattr(err, "filename", None) or "the results' filesystem"
+        print(f"mtlsweep {args.command}: error: no space left on {where}; free some space, "
+              "then run the same command again (finished work is kept)", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

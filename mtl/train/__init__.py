@@ -11,10 +11,11 @@ from mtl.train.config import TrainConfig
 from mtl.train.sam import SAMStep
 from mtl.train.sharpness import (SharpnessConfig, hessian_max_eigenvalue, hessian_trace,
                                  measure_sharpness, sam_sharpness)
-from mtl.train.trainer import TrainResult, load_train_state, save_train_state, train
+from mtl.train.trainer import (NonFiniteLossError, TrainResult, load_train_state,
+                               save_train_state, train)
 
-__all__ = ["AdvTrainConfig", "CheckpointError", "SAMStep", "SharpnessConfig", "TrainConfig",
-           "TrainResult", "data_settings", "hessian_max_eigenvalue", "hessian_trace",
-           "list_checkpoints", "load_checkpoint", "load_train_state", "measure_sharpness",
-           "read_meta", "sam_sharpness", "save_checkpoint", "save_train_state", "train",
-           "training_batches", "update_meta"]
+__all__ = ["AdvTrainConfig", "CheckpointError", "NonFiniteLossError", "SAMStep",
+           "SharpnessConfig", "TrainConfig", "TrainResult", "data_settings",
+           "hessian_max_eigenvalue", "hessian_trace", "list_checkpoints", "load_checkpoint",
+           "load_train_state", "measure_sharpness", "read_meta", "sam_sharpness",
+           "save_checkpoint", "save_train_state", "train", "training_batches", "update_meta"]
