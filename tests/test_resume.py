@@ -101,8 +101,8 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
             if first:
                 break
             time.sleep(0.2)
-        # Let Tune record the first trial as finished (its state is saved at the next trial
-        # checkpoint, about every epoch) so the resume must skip it, then kill mid-sweep.
+        # The first trial's status is written right after its rows; give it a moment, so the
+        # resume must skip it, then kill mid-sweep.
         time.sleep(3)
         assert proc.poll() is None, "the sweep ended before it could be killed:\n" + \
             (proc.stdout.read() if proc.stdout else "")[-3000:]
@@ -114,7 +114,8 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     assert 1 <= done_at_kill < TRIALS
 
     out = _finish(_cli("resume", str(killed / NAME)))
-    assert "resuming" in out and f"{TRIALS} trials, 0 failed" in out
+    # (was "resuming", Tune's restore message: the record now says what it skips)
+    assert "trials already done; running" in out and f"{TRIALS} trials, 0 failed" in out
     _finish(_cli("run", str(sweep), "--storage", str(fresh)))
 
     for table in ("measurements", "epochs"):
@@ -132,13 +133,14 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     assert set(attempts["attempt"]) <= {1, 2}
 
     # A trial's worker dies mid-training: Tune retries the trial (max_failures), which continues
-    # from its last epoch checkpoint; the rows are again those of the uninterrupted run.
+    # from its last epoch saved in the record; the rows are again those of the uninterrupted
+    # run.
     crashed = tmp_path / "crashed"
     proc = _cli("run", str(sweep), "--storage", str(crashed))
     try:
         deadline, victims = time.time() + 400, []
         while time.time() < deadline and proc.poll() is None and not victims:
-            if list((crashed / NAME).glob("trial-*/checkpoint_*")):
+            if list((crashed / NAME).glob("trials/*/state/manifest.json")):
                 victims = _trial_workers(proc.pid)
             time.sleep(0.2)
         assert victims, "no running trial worker found to kill"

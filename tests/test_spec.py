@@ -241,12 +241,12 @@ def test_search_spec_builds_tunes_search_and_asha():
                            "scheduler": {"name": "asha", "grace_period": 2}})
     raw["max_concurrent"] = 3
     spec = parse_spec(raw, name="t", storage="/tmp/x")
-    space = param_space(spec, "/tmp/x", "/tmp/x/models")
+    space = param_space(spec, {"storage": "/tmp/x", "store_dir": "/tmp/x/models"}, None)
     axes = space["axis"]
     assert isinstance(axes["training.rho"], tune.search.sample.Float)
     assert axes["training.epochs"].lower == 2 and axes["training.epochs"].upper == 4  # inclusive
     assert axes["model.layout"] == tune.grid_search(list(spec.layouts))
-    _, tune_config, run_config = tuner_parts(spec)
+    _, tune_config, run_config = tuner_parts(spec, "/tmp/x/tune")
     assert tune_config.num_samples == 6 and tune_config.max_concurrent_trials is None
     assert isinstance(tune_config.search_alg, BasicVariantGenerator)
     assert tune_config.search_alg.max_concurrent == 3
