@@ -224,16 +224,17 @@ def _points(spec: SweepSpec, done: set[str]) -> list[dict]:
     return points
 
 
-def _readable(trial: dict, column: str) -> str:
+def _readable(trial: dict, path: str) -> str:
+    """A short text for the progress table: the layout's branch point, the AT label, or the
+    value itself (cut at 30 characters)."""
     labels = trial["labels"]
-    if column == "layout":
+    if path == "model.layout":
         bp = labels["branch_point"]
         return f"bp{bp}" if bp is not None else str(labels["layout"])
-    if column in labels:
-        return str(labels[column])
-    value = trial["columns"].get(column)
-    text = str(value)
-    return text if len(text) <= 24 else text[:21] + "..."
+    if path == "adv_train":
+        return labels["adv_train"]
+    text = str(trial["axis_values"].get(path))
+    return text if len(text) <= 30 else text[:27] + "..."
 
 
 @contextmanager

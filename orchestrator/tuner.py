@@ -196,7 +196,7 @@ def tuner_parts(spec: SweepSpec, tune_dir: str, num_samples: int | None = None,
     # handler would instead end fit() quietly and point at Tuner.restore, which we never use.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if search["mode"] == "grid":
-        columns = {f"point/show/{c}": c for c in show_columns(spec)}
+        columns = {f"point/show/{p}": p.rsplit(".", 1)[-1] for p in show_columns(spec)}
     else:
         paths = [a.path for a in spec.axes if len(a.values) > 1] + list(search.get("space", {}))
         columns = {f"axis/{p}": p.rsplit(".", 1)[-1] for p in paths}
@@ -204,7 +204,7 @@ def tuner_parts(spec: SweepSpec, tune_dir: str, num_samples: int | None = None,
         parameter_columns=columns,
         metric_columns={"training_iteration": "iter", "train_loss": "train loss",
                         "whitebox_delta": "white-box Δ", "transfer_success": "transfer"},
-        max_report_frequency=30)
+        max_report_frequency=30, max_column_length=32)
     run_config = tune.RunConfig(
         name="tune", storage_path=tune_dir,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -214,8 +214,8 @@ def tuner_parts(spec: SweepSpec, tune_dir: str, num_samples: int | None = None,
 
 
 def show_columns(spec: SweepSpec) -> list[str]:
-    """The progress table's parameter columns of a grid: the axes that vary."""
-    return [a.column or a.path for a in spec.axes if len(a.values) > 1]
+    """The progress table's parameter columns of a grid: the paths of the axes that vary."""
+    return [a.path for a in spec.axes if len(a.values) > 1]
 
 
 def storage_uri(storage: str) -> str:
