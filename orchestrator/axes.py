@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtl.config.paths import get_path, pop_path, reroot, set_path
-from mtl.config.reading import ConfigError, as_list, check_unique, fail
+from mtl.config.reading import ConfigError, as_list, brief, check_unique, fail
 from mtl.config.run import RUN_KEYS, RunConfig, parse_run_config
 
 # Legacy list spellings: (where the list is written, the field one trial gets).
@@ -50,6 +50,9 @@ def legacy_axes(raw: dict, layouts: Sequence[str] | None) -> tuple[dict, list[Ax
         # seeds are always an axis (a scalar is one seed); the others only when a list
         if value is None or (not isinstance(value, list) and source != "training.seeds"):
             continue
+        if source == "training.seeds" and get_path(base, "training.seed", None) is not None:
+            fail("training.seed", "given next to training.seeds, which would replace it; "
+                 "allowed: seed (one seed) or seeds (an axis), not both")
         values = as_list(value, source)
         check_unique(values, source)
         pop_path(base, source)
@@ -60,11 +63,11 @@ def legacy_axes(raw: dict, layouts: Sequence[str] | None) -> tuple[dict, list[Ax
 def parse_axes(raw: Any, base: Mapping, legacy: Sequence[Axis]) -> list[Axis]:
     """``axes: {dotted.path: [values]}``; a path must name a run-config field."""
     if not isinstance(raw, Mapping):
-        fail("axes", f"expected a mapping dotted.path -> list of values, got {raw!r}")
+        fail("axes", f"expected a mapping dotted.path -> list of values, got {brief(raw)}")
     taken = {a.path: a.source for a in legacy}
     out = []
     for path, values in raw.items():
-        where = f"axes.{path}"
+        where = f"axes.{brief(path, plain=True)}"
         if not isinstance(path, str) or path.split(".")[0] not in RUN_KEYS or \
                 not all(path.split(".")):
             fail(where, f"not a config field; an axis is the dotted path of a run-config "
@@ -104,18 +107,20 @@ def _fits(epoch: Any, epochs: int) -> bool:
     return not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= epochs
 
 
-def check_value(base: Mapping, axis: Axis, index: int, others: Mapping[str, Any]) -> RunConfig:
-    """Parse the run config with ``axis`` at its ``index``-th value; errors name the value."""
+def check_value(base: Mapping, axis: Axis, index: int, others: Mapping[str, Any],
+                memo: dict | None = None) -> RunConfig:
+    """Parse the run config with ``axis`` at its ``index``-th value; errors name the value.
+    ``memo``: see `parse_run_config` (sections the value does not touch are not re-read)."""
     raw = with_values(base, {**others, axis.path: axis.values[index]})
     try:
-        return parse_run_config(raw)
+        return parse_run_config(raw, memo)
     except ConfigError as err:
         text = str(err)
         if text.startswith(axis.path.split(".")[0]) and not (
                 text.startswith(axis.path + ":") or text.startswith(axis.path + ".")
                 or text.startswith(axis.path + "[")):
             raise ConfigError(f"{axis.source}[{index}]: with {axis.path} = "
-                              f"{axis.values[index]!r}: {text}") from None
+                              f"{brief(axis.values[index])}: {text}") from None
         raise reroot(err, axis.path, f"{axis.source}[{index}]") from None
 
 
@@ -125,8 +130,9 @@ def validate_axes(base: Mapping, axes: Sequence[Axis], search: Mapping) -> RunCo
     firsts = {a.path: a.values[0] for a in axes}
     for path, dist in search.get("space", {}).items():
         firsts.setdefault(path, dist["values"][0])
+    memo: dict = {}
     try:
-        run = parse_run_config(with_values(base, firsts))
+        run = parse_run_config(with_values(base, firsts), memo)
     except ConfigError as err:
         bad = next((a for a in axes if str(err).startswith(a.path)), None)
         if bad is None:
@@ -136,19 +142,19 @@ def validate_axes(base: Mapping, axes: Sequence[Axis], search: Mapping) -> RunCo
         if axis.path == "model.layout" and axis.source == "layouts":
             continue  # read against the model's blocks already; 7,556 trees need no re-parse
         for i in range(1, len(axis.values)):
-            check_value(base, axis, i, firsts)
+            check_value(base, axis, i, firsts, memo)
     for path, dist in search.get("space", {}).items():
         probe = Axis(path, tuple(dist["values"]), f"search.space.{path}.{dist['kind']}")
         for i in range(len(probe.values)):
-            check_value(base, probe, i, firsts)
+            check_value(base, probe, i, firsts, memo)
     small = [a for a in axes if a.source != "layouts"]
     if 1 < math.prod(len(a.values) for a in small) <= FULL_CHECK_LIMIT:
         for combo in itertools.product(*(a.values for a in small)):
             values = dict(zip((a.path for a in small), combo))
             try:
-                parse_run_config(with_values(base, {**firsts, **values}))
+                parse_run_config(with_values(base, {**firsts, **values}), memo)
             except ConfigError as err:
-                shown = ", ".join(f"{p} = {v!r}" for p, v in values.items())
+                shown = ", ".join(f"{p} = {brief(v)}" for p, v in values.items())
                 raise ConfigError(f"axes: the combination {shown} is invalid: {err}") from None
     return run
 
@@ -158,3 +164,30 @@ def column_value(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return json.dumps(value, sort_keys=True)
+
+
+def trial_count(axes: Sequence[Axis], search: Mapping) -> tuple[int, str]:
+    """(trials of the sweep, how that count is made: ``layouts 2 x training.rho 3``),
+    from the axes' lengths alone (nothing is listed): a grid is the product of its axes, a
+    search draws ``num_samples`` points per grid point."""
+    factors = [(a.source, len(a.values)) for a in axes]
+    if search.get("mode", "grid") != "grid":
+        factors.append(("search.num_samples", int(search["num_samples"])))
+    total = math.prod(n for _, n in factors)
+    shown = " x ".join(f"{source} {n}" for source, n in factors) or "no axes"
+    return total, shown
+
+
+def check_trial_count(axes: Sequence[Axis], search: Mapping, max_trials: int,
+                      raise_with: str) -> int:
+    """The number of trials, refused when over ``max_trials`` with the count per axis and
+    ``raise_with`` (how to allow more); the message names the axis with the most values."""
+    total, how = trial_count(axes, search)
+    if total > max_trials:
+        factors = [(len(a.values), a.source) for a in axes]
+        if search.get("mode", "grid") != "grid":
+            factors.append((int(search["num_samples"]), "search.num_samples"))
+        largest = max(factors, key=lambda f: f[0])[1]
+        fail(largest, f"the sweep has {total} trials ({how}), more than max_trials = "
+             f"{max_trials}; allowed: at most {max_trials} ({raise_with})")
+    return total

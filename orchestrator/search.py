@@ -15,8 +15,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mtl.config.limits import MAX_CHOICES
 from mtl.config.paths import get_path
-from mtl.config.reading import Node, as_choice, as_float, as_int, as_list, fail, show
+from mtl.config.reading import Node, as_choice, as_float, as_int, as_list, brief, fail, show
 from mtl.config.run import RUN_KEYS
 from mtl.tasks import get_task
 from mtl.train.config import TrainConfig
@@ -62,7 +63,7 @@ def _space(raw: Any, path: str, base: Mapping, grid_paths: Sequence[str]) -> dic
              "{training.lr: {loguniform: [0.0001, 0.1]}}")
     space = {}
     for name, dist_raw in raw.items():
-        where = f"{path}.{name}"
+        where = f"{path}.{brief(name, plain=True)}"
         if name in LEGACY_PARAMS:
             field, samplers = LEGACY_PARAMS[name]
         elif isinstance(name, str) and "." in name and name.split(".")[0] in RUN_KEYS:
@@ -81,9 +82,12 @@ def _space(raw: Any, path: str, base: Mapping, grid_paths: Sequence[str]) -> dic
             check = as_int if kind == "randint" else as_float
             values = [check(v, f"{dist.at(kind)}[{i}]") for i, v in enumerate(values)]
             if len(values) != 2 or values[0] > values[1]:
-                fail(dist.at(kind), f"expected [low, high] with low <= high, got {args!r}")
+                fail(dist.at(kind), f"expected [low, high] with low <= high, got {brief(args)}")
             if kind == "loguniform" and values[0] <= 0:
-                fail(dist.at(kind), f"loguniform needs low > 0, got {values[0]!r}")
+                fail(dist.at(kind), f"loguniform needs low > 0, got {brief(values[0])}")
+        elif len(values) > MAX_CHOICES:
+            fail(dist.at(kind), f"{len(values)} values; allowed: at most {MAX_CHOICES} (each "
+                 "is checked like an axis value)")
         space[field] = {"kind": kind, "values": values}
     return space
 

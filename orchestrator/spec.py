@@ -6,8 +6,13 @@ holds every rule about data, model, tasks, training and attacks. This module add
 many trials need: the axes (any config field by its dotted path, plus the legacy list spellings
 ``layouts``, ``adv_train: [...]``, ``training.optimizer/rho/seeds: [...]``), the search, the
 transfer zoo (orchestrator/store.py), resources and storage. Every malformed input stops the run
-before any work with ONE `SpecError` naming the YAML path and the allowed values. The format is
-documented key by key in sweeps/demo.yaml.
+before any work with ONE `SpecError` naming the YAML path and the allowed values: the file is
+read by `mtl.config.yaml_io.load_yaml` (size, depth, alias, duplicate-key limits), the name by
+the one name rule (`mtl.config.names`), storage and the model store's path by
+`mtl.config.locations` (writable, or a URI scheme pyarrow opens; no network call), and the
+number of trials is counted from the axes' lengths, without listing them, and capped at
+``max_trials`` before any trial is checked. The format is documented key by key in
+sweeps/demo.yaml.
 """
 from __future__ import annotations
 
@@ -18,14 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from mtl.config.limits import DEFAULT_MAX_TRIALS, MAX_FAILURES, MAX_TRIALS
+from mtl.config.locations import check_storage, check_writable_dir, local_path
+from mtl.config.names import check_name
 from mtl.config.paths import get_path
-from mtl.config.reading import ConfigError, Node, as_bool, as_float, as_int, fail
+from mtl.config.reading import ConfigError, Node, as_bool, as_float, as_int, brief, fail
 from mtl.config.run import RUN_KEYS, RunConfig
-from mtl.config.sections import expand_layouts, parse_tasks, task_names_of
+from mtl.config.sections import (count_layout_values, expand_layouts, parse_tasks,
+                                 task_names_of)
+from mtl.config.yaml_io import load_yaml
 from mtl.plugins import add_import_paths
-from orchestrator.axes import Axis, legacy_axes, parse_axes, validate_axes
+from orchestrator.axes import Axis, check_trial_count, legacy_axes, parse_axes, validate_axes
 from orchestrator.search import FINAL_METRICS, parse_search
 from orchestrator.store import parse_targets
 
@@ -33,7 +41,9 @@ SpecError = ConfigError
 """A malformed sweep spec (mtl's ConfigError): the message starts with the YAML path."""
 
 SWEEP_KEYS = ("name", "storage", "layouts", "axes", "transfer", "resources", "search",
-              "max_concurrent", "max_failures", "store")
+              "max_concurrent", "max_failures", "max_trials", "store")
+DEFAULT_STORAGE = "runs"  # where results go when neither the file nor --storage says
+RAISE_CAP = f"raise it with the top-level key max_trials: N, up to {MAX_TRIALS}, or sweep fewer values"
 TOP_KEYS = SWEEP_KEYS + RUN_KEYS
 __all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec", "describe", "FINAL_METRICS"]
 
@@ -57,6 +67,7 @@ class SweepSpec:
     reuse_surrogates: bool
     store_path: str | None
     import_paths: tuple[str, ...] = ()  # where users' packages import from
+    max_trials: int = DEFAULT_MAX_TRIALS
 
     def resource_request(self) -> dict[str, float]:
         """One trial's request in Tune's spelling (``cpu``, ``gpu``, custom names)."""
@@ -132,10 +143,7 @@ def load_spec(path: str | Path, *, name: str | None = None, storage: str | None 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({err})") from None
+    raw = load_yaml(path)
     paths = tuple(dict.fromkeys([str(path.resolve().parent), str(Path.cwd())]))
     return parse_spec(raw if raw is not None else {}, name=name or path.stem, storage=storage,
                       import_paths=paths)
@@ -146,35 +154,29 @@ def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = N
     """Validate a parsed YAML mapping into a `SweepSpec` (see module docstring)."""
     add_import_paths(import_paths)
     top = Node(raw, "", TOP_KEYS)
-    sweep_name = top.get("name", name)
-    if not isinstance(sweep_name, str) or not sweep_name or not all(
-            c.isalnum() or c in "_.-=+" for c in sweep_name) or sweep_name[0] in ".-":
-        fail("name", f"expected a name of letters, digits and _ . - = + (not starting with a "
-             f"dot or dash), got {sweep_name!r}")
+    sweep_name = _name(top.get("name", name), from_file="name" not in raw)
     store_raw = storage if storage is not None else top.get("storage")
-    if store_raw is not None and (not isinstance(store_raw, str) or not store_raw):
-        fail("storage", f"expected a directory or URI string, got {store_raw!r}")
+    _check_storage(store_raw, sweep_name, "storage" if storage is None else "storage (--storage)")
+    store = Node(top.get("store", {}), "store", ("reuse_surrogates", "path"))
+    store_path = _store_path(store.get("path"))
+    max_trials = as_int(top.get("max_trials", DEFAULT_MAX_TRIALS), "max_trials", 1, MAX_TRIALS)
     tasks = task_names_of(parse_tasks(top.require("tasks")))
-    layouts = (expand_layouts(raw["layouts"], raw.get("model"), len(tasks))
+    layouts = (_layouts(raw["layouts"], raw.get("model"), len(tasks), max_trials)
                if "layouts" in raw else None)
     base, axes = legacy_axes(dict(raw), layouts)
     axes += parse_axes(top.get("axes", {}), base, axes)
     search = parse_search(top.get("search", {"mode": "grid"}), base, axes, tasks)
     axes = [a for a in axes if a.path not in search.get("space", {})]
+    check_trial_count(axes, search, max_trials, RAISE_CAP)
     run = validate_axes(base, axes, search)
     resources = _resources(top.get("resources", {}))
-    store = Node(top.get("store", {}), "store", ("reuse_surrogates", "path"))
-    store_path = store.get("path")
-    if store_path is not None and (not isinstance(store_path, str) or "://" in store_path):
-        fail("store.path", f"expected a local (or shared-filesystem) directory, got "
-             f"{store_path!r}; the model store needs file locks, which object stores lack")
     spec = SweepSpec(
         name=sweep_name, storage=store_raw, raw=dict(raw), base=base, run=run,
         axes=tuple(axes), targets=(), resources=resources, search=search,
         max_concurrent=as_int(top.get("max_concurrent", 0), "max_concurrent", 0),
-        max_failures=as_int(top.get("max_failures", 2), "max_failures", -1),
+        max_failures=as_int(top.get("max_failures", 2), "max_failures", 0, MAX_FAILURES),
         reuse_surrogates=as_bool(store.get("reuse_surrogates", False), "store.reuse_surrogates"),
-        store_path=store_path, import_paths=tuple(import_paths))
+        store_path=store_path, import_paths=tuple(import_paths), max_trials=max_trials)
     spec = dataclasses.replace(spec, targets=parse_targets(top.get("transfer"), spec))
     if search["mode"] != "grid" and search["metric"].startswith("transfer") and not spec.targets:
         fail("search.metric", f"{search['metric']!r} needs transfer targets "
@@ -182,6 +184,46 @@ def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = N
     if search["mode"] != "grid" and search["metric"] == "cross_task_delta" and not run.cross_task:
         fail("search.metric", "'cross_task_delta' needs cross_task: true")
     return spec
+
+
+def _name(value: Any, from_file: bool) -> str:
+    """The sweep's name by the one name rule (it names directories and files)."""
+    try:
+        return check_name(value, "name")
+    except ConfigError as err:
+        hint = " (the sweep file's name; set name: or --name)" if from_file else ""
+        raise ConfigError(f"{err}{hint}") from None
+
+
+def _check_storage(value: Any, sweep_name: str, where: str) -> None:
+    """``storage`` (or the default) is a writable directory or a URI pyarrow opens, and
+    ``<storage>/<name>`` is not a file."""
+    value = DEFAULT_STORAGE if value is None else value
+    check_storage(value, where)
+    local = local_path(value)
+    if local is not None and (Path(local) / sweep_name).is_file():
+        fail("name", f"{brief(str(Path(local) / sweep_name))} is a file, so the sweep's "
+             f"directory cannot be made there; allowed: a name not taken by a file in {where}")
+
+
+def _store_path(value: Any) -> str | None:
+    """``store.path``: a local (or shared-filesystem) directory that is or can be written."""
+    if value is None:
+        return None
+    if isinstance(value, str) and "://" in value:
+        fail("store.path", f"expected a local (or shared-filesystem) directory, got "
+             f"{brief(value)}; the model store needs file locks, which object stores lack")
+    return check_writable_dir(value, "store.path", "model store directory")
+
+
+def _layouts(raw: Any, model: Any, num_tasks: int, max_trials: int) -> list:
+    """The legacy ``layouts`` list, counted before it is listed (``all`` grows fast)."""
+    count, exact = count_layout_values(raw, model, num_tasks, max_trials)
+    if count > max_trials:
+        fail("layouts", f"{'' if exact else 'at least '}{count} layouts of {num_tasks} tasks, "
+             f"so more than max_trials = {max_trials} trials; allowed: at most {max_trials} "
+             f"({RAISE_CAP})")
+    return expand_layouts(raw, model, num_tasks)
 
 
 def _resources(raw: Any) -> dict:
@@ -192,7 +234,7 @@ def _resources(raw: Any) -> dict:
         fail(node.at("gpu"), f"{gpu:g}: a share of one GPU must be <= 1; above 1, whole GPUs")
     custom = node.get("custom", {}) or {}
     if not isinstance(custom, dict):
-        fail(node.at("custom"), f"expected a mapping resource -> amount, got {custom!r}")
+        fail(node.at("custom"), f"expected a mapping resource -> amount, got {brief(custom)}")
     for key, amount in custom.items():
         if not isinstance(key, str) or key.upper() in ("CPU", "GPU"):
             fail(f"resources.custom.{key}", "use resources.cpu / resources.gpu for CPU and GPU")

@@ -2,6 +2,9 @@
 
 Method and objective names, option names and option values are the attack registry's
 (mtl.attacks); this module expands the grid (methods x objectives x eps) and names paths.
+Every attack here (and adversarial training's) is capped at `MAX_STEPS` steps, the one limit
+in mtl.config.limits; a method given twice under two names (``pgd`` and its alias ``ifgsm``)
+is refused, as is a step count for fgsm (one step, always).
 """
 from __future__ import annotations
 
@@ -9,17 +12,39 @@ from collections.abc import Sequence
 from typing import Any
 
 from mtl.attacks import AttackSpec, available_objectives, method_names
-from mtl.config.reading import (ConfigError, Node, as_choice, as_float, as_int, as_list,
+from mtl.attacks.registry import canonical_method
+from mtl.config.limits import MAX_ATTACKS, MAX_EVAL_SAMPLES, MAX_STEPS
+from mtl.config.reading import (ConfigError, Node, as_choice, as_float, as_int, as_list, brief,
                                 check_unique, fail)
 
 ATTACK_KEYS = ("methods", "objectives", "eps", "steps", "eval_samples", "batch_size", "options")
-MAX_STEPS = 10_000
-MAX_EVAL_SAMPLES = 10**7
+DEFAULT_EVAL_SAMPLES = 64  # or the whole test split, when it is smaller
+
+
+def parse_steps(raw: Any, path: str, method: str, default: int = 10) -> int:
+    """Steps of one attack method: 1..`MAX_STEPS`; fgsm takes exactly one (a different
+    number given for it is refused rather than ignored)."""
+    if isinstance(method, str) and canonical_method(method) == "fgsm":
+        if raw is not None and (raw != 1 or isinstance(raw, bool)):
+            fail(path, f"fgsm takes exactly 1 step, got {brief(raw)}; allowed: 1 (or leave "
+                 "steps out)")
+        return 1
+    return as_int(default if raw is None else raw, path, 1, MAX_STEPS)
+
+
+def _check_methods(methods: list, path: str) -> None:
+    """No method twice, also not under an alias (``pgd`` and ``ifgsm``)."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(methods):
+        j = first.setdefault(canonical_method(name), i)
+        if j != i:
+            fail(f"{path}[{i}]", f"{brief(name)} is the same attack as {brief(methods[j])} "
+                 f"({path}[{j}]); allowed: each method once, under one of its names")
 
 
 def _options(raw: Any, path: str) -> dict:
     if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
-        fail(path, f"expected a mapping of attack options (name -> value), got {raw!r}")
+        fail(path, f"expected a mapping of attack options (name -> value), got {brief(raw)}")
     return dict(raw)
 
 
@@ -32,14 +57,15 @@ def _check_specs(specs: list[dict], path: str, tasks: Sequence[str]) -> None:
             raise ConfigError(f"{path}: {err}") from None
 
 
-def parse_attacks(raw: Any, tasks: Sequence[str]) -> dict:
-    """``attacks``: methods x objectives x eps (1/255 units) on ``eval_samples`` test images;
-    ``single`` means ``single:<task>`` for every task."""
+def parse_attacks(raw: Any, tasks: Sequence[str], test_samples: int | None = None) -> dict:
+    """``attacks``: methods x objectives x eps (1/255 units) on ``eval_samples`` test images
+    (default 64; at most ``test_samples``, the test split, when given, which is also the
+    default when smaller); ``single`` means ``single:<task>`` for every task."""
     node = Node(raw, "attacks", ATTACK_KEYS)
     methods = as_list(node.require("methods"), node.at("methods"))
     for i, m in enumerate(methods):
         as_choice(m, f"attacks.methods[{i}]", tuple(method_names()), "method")
-    check_unique(methods, node.at("methods"))
+    _check_methods(methods, node.at("methods"))
     allowed = ("single", *available_objectives(tasks))
     objectives: list[str] = []
     for i, o in enumerate(as_list(node.require("objectives"), node.at("objectives"))):
@@ -49,14 +75,24 @@ def parse_attacks(raw: Any, tasks: Sequence[str]) -> dict:
     eps = [as_float(e, f"attacks.eps[{i}]", 0.0, 255.0, lo_open=True)
            for i, e in enumerate(as_list(node.require("eps"), node.at("eps")))]
     check_unique(eps, node.at("eps"))
+    count = len(methods) * len(objectives) * len(eps)
+    if count > MAX_ATTACKS:
+        fail("attacks", f"{len(methods)} methods x {len(objectives)} objectives x {len(eps)} "
+             f"eps = {count} attacks per checkpoint; allowed: at most {MAX_ATTACKS}")
     steps = as_int(node.get("steps", 10), node.at("steps"), 1, MAX_STEPS)
     options = _options(node.get("options", {}), node.at("options"))
-    specs = [{"method": m, "objective": o, "eps": e, "steps": 1 if m == "fgsm" else steps,
+    specs = [{"method": m, "objective": o, "eps": e,
+              "steps": 1 if canonical_method(m) == "fgsm" else steps,
               "options": dict(options)} for m in methods for o in objectives for e in eps]
     _check_specs(specs, "attacks", tasks)
-    return {"specs": specs, "steps": steps,
-            "eval_samples": as_int(node.get("eval_samples", 64), node.at("eval_samples"), 1,
-                                   MAX_EVAL_SAMPLES),
+    default = DEFAULT_EVAL_SAMPLES if test_samples is None else min(DEFAULT_EVAL_SAMPLES,
+                                                                     test_samples)
+    eval_samples = as_int(node.get("eval_samples", default), node.at("eval_samples"), 1,
+                          MAX_EVAL_SAMPLES)
+    if test_samples is not None and eval_samples > test_samples:
+        fail(node.at("eval_samples"), f"{eval_samples} test images to attack, but the test "
+             f"split has {test_samples} (dataset.test); allowed: 1..{test_samples}")
+    return {"specs": specs, "steps": steps, "eval_samples": eval_samples,
             "batch_size": as_int(node.get("batch_size", 32), node.at("batch_size"), 1)}
 
 
@@ -72,8 +108,7 @@ def parse_cross_task(raw: Any, tasks: Sequence[str]) -> dict | None:
                        "method")
     out = {"method": method,
            "eps": as_float(node.get("eps", 8.0), node.at("eps"), 0.0, 255.0, lo_open=True),
-           "steps": 1 if method == "fgsm" else as_int(node.get("steps", 10), node.at("steps"),
-                                                      1, MAX_STEPS)}
+           "steps": parse_steps(node.get("steps"), node.at("steps"), method)}
     _check_specs([{"method": method, "objective": "total", "eps": out["eps"],
                    "steps": out["steps"], "options": {}}], "cross_task", tasks)
     return out

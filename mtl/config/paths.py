@@ -10,7 +10,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from mtl.config.reading import ConfigError
+from mtl.config.reading import ConfigError, brief
 
 _MISSING = object()
 
@@ -19,7 +19,7 @@ def split_path(path: str) -> list[str]:
     """``"training.lr"`` -> ``["training", "lr"]``; empty parts are an error."""
     parts = path.split(".") if isinstance(path, str) else []
     if not parts or not all(parts):
-        raise ConfigError(f"{path!r}: expected a dotted path of config keys like training.lr")
+        raise ConfigError(f"{brief(path)}: expected a dotted path of config keys like training.lr")
     return parts
 
 
@@ -46,7 +46,7 @@ def set_path(raw: Mapping, path: str, value: Any) -> dict:
         if child is None or child is False:
             child = {}
         if not isinstance(child, Mapping):
-            raise ConfigError(f"{'.'.join(parts[:i + 1])}: is {child!r}, not a section, so "
+            raise ConfigError(f"{'.'.join(parts[:i + 1])}: is {brief(child)}, not a section, so "
                               f"{path} cannot be set")
         node[part] = dict(child)
         node = node[part]

@@ -13,12 +13,15 @@ A run configuration is the YAML mapping a sweep file holds without its orchestra
 
 `parse_run_config` reads it into a frozen `RunConfig` of plain JSON-able values (so it crosses
 process boundaries and hashes stably) or raises one `ConfigError` starting with the path of the
-first bad value. Every sweep trial is such a mapping with its axis values written in by path.
+first bad value. Every sweep trial is such a mapping with its axis values written in by path;
+a sweep checks one such mapping per axis value, so a ``memo`` may carry each section's result
+from one call to the next (a section is parsed again only when it or what it depends on
+changed).
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,17 +65,30 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def parse_run_config(raw: Mapping) -> RunConfig:
-    """Validate a run-configuration mapping (module docstring) into a `RunConfig`."""
+def _section(memo: dict | None, parse: Callable[..., Any], *args: Any) -> Any:
+    """``parse(*args)``, or its earlier result for equal arguments (compared by repr, so
+    1, 1.0 and True stay apart) when a ``memo`` is kept; failures are not kept."""
+    if memo is None:
+        return parse(*args)
+    key = (parse.__qualname__, repr(args))
+    if key not in memo:
+        memo[key] = parse(*args)
+    return memo[key]
+
+
+def parse_run_config(raw: Mapping, memo: dict | None = None) -> RunConfig:
+    """Validate a run-configuration mapping (module docstring) into a `RunConfig`; ``memo``
+    (an empty dict the caller keeps across calls) skips re-parsing unchanged sections. The
+    results share the memo's section values: treat them as read-only."""
     top = Node(raw, "", RUN_KEYS)
-    tasks = parse_tasks(top.require("tasks"))
+    tasks = _section(memo, parse_tasks, top.require("tasks"))
     names = task_names_of(tasks)
-    dataset = parse_dataset(top.require("dataset"), tasks)
-    model = parse_model(top.get("model"), tasks)
-    adv = parse_adv(top.get("adv_train"), "adv_train", names)
-    sharpness = parse_sharpness(top.get("sharpness"))
-    training = parse_training(top.require("training"), names, adv, sharpness)
-    attacks = parse_attacks(top.require("attacks"), names)
-    cross = parse_cross_task(top.get("cross_task", False), names)
+    dataset = _section(memo, parse_dataset, top.require("dataset"), tasks)
+    model = _section(memo, parse_model, top.get("model"), tasks)
+    adv = _section(memo, parse_adv, top.get("adv_train"), "adv_train", names)
+    sharpness = _section(memo, parse_sharpness, top.get("sharpness"))
+    training = _section(memo, parse_training, top.require("training"), names, adv, sharpness)
+    attacks = _section(memo, parse_attacks, top.require("attacks"), names, dataset["test"])
+    cross = _section(memo, parse_cross_task, top.get("cross_task", False), names)
     return RunConfig(dataset=dataset, tasks=tasks, model=model, training=training,
                      attacks=attacks, cross_task=cross)

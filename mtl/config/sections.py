@@ -11,15 +11,15 @@ from typing import Any
 
 from mtl import data, models
 from mtl import tasks as registry
-from mtl.config.reading import (ConfigError, Node, as_choice, as_int, as_list, check_unique,
-                                fail)
+from mtl.config.limits import MAX_SAMPLES
+from mtl.config.reading import (ConfigError, Node, as_choice, as_int, as_list, brief,
+                                check_unique, fail)
 from mtl.models import DEFAULT_MODEL
-from mtl.models.layout import Layout, enumerate_layouts
+from mtl.models.layout import Layout, count_layouts, enumerate_layouts
 from mtl.plugins import is_import_path, load_object
 
 TASK_KEYS = ("name", "loss", "metric", "channels", "kind")
 TASK_KINDS = ("dense", "image")
-MAX_SAMPLES = 10**9
 
 
 def _source(node: Node, default: str | None) -> str:
@@ -33,12 +33,13 @@ def _source(node: Node, default: str | None) -> str:
         fail(node.at("name"), "required: a registered name or factory: package.module:attr")
     if not isinstance(value, str) or not value:
         fail(node.at(key), f"expected a registered name or an import path "
-             f"'package.module:attribute', got {value!r}")
+             f"'package.module:attribute', got {brief(value)}")
     return value
 
 
 def _call(check: Any, where: str, *args: Any, **kwargs: Any) -> Any:
-    """Run a registry's check; a ValueError that does not name its field gets ``where``."""
+    """Run a registry's check; a ValueError that does not name its field (under ``where``'s
+    section, or ``tasks``) gets ``where``."""
     try:
         return check(*args, **kwargs)
     except ConfigError:
@@ -46,8 +47,8 @@ def _call(check: Any, where: str, *args: Any, **kwargs: Any) -> Any:
     except ValueError as err:
         text = str(err)
         head = text.split(":", 1)[0]
-        raise ConfigError(text if head.startswith(where.split(".")[0]) else f"{where}: {text}"
-                          ) from None
+        named = head.startswith((where.split(".")[0], "tasks[")) and " " not in head
+        raise ConfigError(text if named else f"{where}: {text}") from None
 
 
 def parse_tasks(raw: Any) -> tuple[dict, ...]:
@@ -63,14 +64,14 @@ def parse_tasks(raw: Any) -> tuple[dict, ...]:
         node = Node(item, path, TASK_KEYS)
         name = node.require("name")
         if not isinstance(name, str) or not name:
-            fail(node.at("name"), f"expected a task name, got {name!r}")
+            fail(node.at("name"), f"expected a task name, got {brief(name)}")
         spec: dict[str, Any] = {"name": name}
         if "loss" in node.value or "metric" in node.value:
             for key in ("loss", "metric"):
                 value = node.require(key)
                 if not is_import_path(value):
                     fail(node.at(key), f"expected an import path 'package.module:attribute', "
-                         f"got {value!r}")
+                         f"got {brief(value)}")
                 _call(load_object, node.at(key), value, node.at(key))
                 spec[key] = value
             spec["kind"] = as_choice(node.get("kind", "dense"), node.at("kind"), TASK_KINDS,
@@ -101,27 +102,32 @@ DEFAULT_SPLIT_SIZES = {"train": 512, "val": 128, "test": 128}
 def parse_dataset(raw: Any, tasks: Sequence[Mapping]) -> dict:
     """``dataset``: a registered ``name`` (scenes, nyuv2, taskonomy, ...) or a ``factory``
     import path, the samples used per split (``train``/``val``/``test``) and every other key,
-    which goes to the factory (checked against its signature here, before any work)."""
+    which goes to the factory (checked against its signature here, before any work). The
+    dataset's registration decides which tasks it provides and, through its check, the
+    limits of its options and split sizes (files on disk, a cache bound)."""
     if not isinstance(raw, Mapping):
-        fail("dataset", f"expected a mapping with name or factory, got {raw!r}")
+        fail("dataset", f"expected a mapping with name or factory, got {brief(raw)}")
     keys = tuple(raw)
     node = Node(raw, "dataset", keys)
     source = _source(node, None)
     _call(data.dataset_factory, "dataset.factory" if "factory" in raw else "dataset.name",
           source)
-    sizes = {split: as_int(node.get(split, DEFAULT_SPLIT_SIZES[split]), node.at(split), 1,
-                           MAX_SAMPLES) for split in SPLITS}
+    names = list(task_names_of(tasks))
+    sizes = {split: as_int(node.get(split, DEFAULT_SPLIT_SIZES[split]), node.at(split), 1)
+             for split in SPLITS}
     options = {k: v for k, v in raw.items() if k not in ("name", "factory", *SPLITS)}
-    _call(data.check_dataset_options, "dataset", source, options, path="dataset")
-    return {"source": source, **sizes, "options": options,
-            "tasks": list(task_names_of(tasks))}
+    _call(data.check_dataset_options, "dataset", source, options, path="dataset", tasks=names,
+          split_sizes=sizes)  # the dataset's own limits first: they are the tighter ones
+    for split in SPLITS:
+        as_int(sizes[split], node.at(split), 1, MAX_SAMPLES)
+    return {"source": source, **sizes, "options": options, "tasks": names}
 
 
 def _model_source(raw: Any) -> tuple[str, dict]:
     """(registered name or import path, the model section as a mapping) of ``model``."""
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
-        fail("model", f"expected a mapping (factory, layout, options), got {raw!r}")
+        fail("model", f"expected a mapping (factory, layout, options), got {brief(raw)}")
     return _source(Node(raw, "model", tuple(raw)), DEFAULT_MODEL), dict(raw)
 
 
@@ -167,17 +173,52 @@ def parse_layout(item: Any, path: str, num_tasks: int, num_blocks: int | None) -
         return str(Layout.branch_point(item, num_tasks, num_blocks))
     if not isinstance(item, str):
         fail(path, f"expected a branch point 0..{num_blocks}, a layout string like "
-             f"'0+1+2|0+1+2|0,1+2|0,1,2|0,1,2' or 'all', got {item!r}")
+             f"'0+1+2|0+1+2|0,1+2|0,1,2|0,1,2' or 'all', got {brief(item)}")
     try:
         layout = Layout.parse(item)
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
     if layout.num_tasks != num_tasks or (num_blocks is not None
                                          and layout.num_blocks != num_blocks):
-        fail(path, f"layout {item!r} has {layout.num_tasks} tasks and {layout.num_blocks} "
+        fail(path, f"layout {brief(item)} has {layout.num_tasks} tasks and {layout.num_blocks} "
              f"blocks; allowed: {num_tasks} tasks (as in `tasks`)"
              + (f" and {num_blocks} blocks" if num_blocks is not None else ""))
     return str(layout)
+
+
+EXACT_COUNT_TASKS = 6  # counting layouts of 6 tasks takes ~0.1 s, 7: ~1 s, 8: ~10 s
+
+
+def _bell(n: int) -> int:
+    """The number of partitions of n tasks (the Bell number), by the Bell triangle."""
+    row = [1]
+    for _ in range(n - 1):
+        nxt = [row[-1]]
+        for value in row:
+            nxt.append(nxt[-1] + value)
+        row = nxt
+    return row[-1]
+
+
+def count_layout_values(raw: Any, model: Any, num_tasks: int, limit: int,
+                        path: str = "layouts") -> tuple[int, bool]:
+    """(how many values the legacy ``layouts`` axis has, whether that is exact), without
+    listing them: ``all`` is counted (`count_layouts`) or, when that is slow (more than 6
+    tasks), bounded from below by the layouts of 6 tasks and the partitions of all tasks (a
+    layout of fewer tasks extends to more); a bound over ``limit`` is returned as a bound,
+    under it the exact count is taken (up to 8 tasks; more is reported as over ``limit``)."""
+    if raw != "all":
+        return len(as_list(raw, path)), True
+    source, model = _model_source(model)
+    num_blocks = getattr(_model_factory(source, model), "num_blocks", None)
+    if not isinstance(num_blocks, int) or isinstance(num_blocks, bool) or num_blocks < 1:
+        fail(path, "`all` needs the model's number of blocks (num_blocks)")
+    if num_tasks <= EXACT_COUNT_TASKS:
+        return count_layouts(num_tasks, num_blocks), True
+    bound = max(_bell(num_tasks), count_layouts(EXACT_COUNT_TASKS, num_blocks))
+    if bound > limit or num_tasks > EXACT_COUNT_TASKS + 2:
+        return max(bound, limit + 1), False
+    return count_layouts(num_tasks, num_blocks), True
 
 
 def expand_layouts(raw: Any, model: Any, num_tasks: int, path: str = "layouts") -> list:

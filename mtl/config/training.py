@@ -10,8 +10,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mtl.config.evaluation import parse_steps
 from mtl.config.paths import reroot
-from mtl.config.reading import ConfigError, Node, as_choice, as_int, fail
+from mtl.config.reading import ConfigError, Node, as_choice, as_int, brief, fail
 from mtl.train.adversarial import AdvTrainConfig
 from mtl.train.config import TrainConfig
 from mtl.train.sharpness import SharpnessConfig
@@ -30,12 +31,10 @@ def parse_adv(raw: Any, path: str, tasks: Sequence[str]) -> dict | None:
     if isinstance(objective, str) and objective.startswith("single:"):
         as_choice(objective[len("single:"):], node.at("objective"), tuple(tasks), "task")
     method = node.get("method", "pgd")
-    steps = node.get("steps", 1 if method == "fgsm" else 10)
-    if method == "fgsm" and steps != 1:
-        fail(node.at("steps"), f"fgsm takes exactly 1 step, got {steps!r}; allowed: 1")
+    steps = parse_steps(node.get("steps"), node.at("steps"), method)
     options = node.get("options", {})
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
-        fail(node.at("options"), f"expected a mapping of attack options, got {options!r}")
+        fail(node.at("options"), f"expected a mapping of attack options, got {brief(options)}")
     try:
         adv = AdvTrainConfig(**{**node.value, "method": method, "steps": steps})
     except ConfigError as err:
@@ -85,7 +84,7 @@ def parse_training(raw: Any, tasks: Sequence[str], adv: dict | None,
         values[key] = tuple(value)
     weights = values.get("loss_weights") or {}
     if not isinstance(weights, dict):
-        fail(node.at("loss_weights"), f"expected a mapping task -> weight, got {weights!r}")
+        fail(node.at("loss_weights"), f"expected a mapping task -> weight, got {brief(weights)}")
     for task in weights:
         as_choice(task, f"training.loss_weights.{task}", tuple(tasks), "task")
     values["loss_weights"] = weights

@@ -1,6 +1,8 @@
 """The built-in datasets (scenes, nyuv2, taskonomy), registered through `register_dataset`
-like any user's: one small factory per dataset holding its split rules, and its up-front
-option check. Imported by mtl.data, so the built-ins are always registered."""
+like any user's: one small factory per dataset holding its split rules, the tasks it provides
+and its up-front check, which holds the dataset's own limits (the scenes cache bound, the
+files on disk) so a sweep refuses what the dataset would refuse, before any work. Imported by
+mtl.data, so the built-ins are always registered."""
 from __future__ import annotations
 
 import os
@@ -10,7 +12,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mtl.config.reading import as_int
+from mtl.config.locations import check_writable_dir
+from mtl.config.reading import as_int, brief
+from mtl.data import nyuv2, scenes, taskonomy
 from mtl.data.loading import subset
 from mtl.data.nyuv2 import NYUv2, parse_size
 from mtl.data.registry import SPLITS, register_dataset
@@ -19,22 +23,37 @@ from mtl.data.taskonomy import Taskonomy
 
 # NYUv2's preprocessed release ships train + val; val is the official test set.
 NYUV2_SPLIT_FOLDER = {"train": "train", "val": "val", "test": "val"}
+SCENES_SIZE = 64  # the scenes factory's default image side
 
 
 def scenes_split(split: str, tasks: Sequence[str] | None = None, length: int | None = None,
-                 size: int = 64, seed: int = 0, cache_dir: str | os.PathLike | None = None
-                 ) -> SyntheticScenes:
+                 size: int = SCENES_SIZE, seed: int = 0,
+                 cache_dir: str | os.PathLike | None = None) -> SyntheticScenes:
     """``length`` rendered scenes of ``split`` from world ``seed`` (splits never overlap)."""
     return SyntheticScenes(split, size=size, length=length, seed=seed, tasks=tasks,
                            cache_dir=cache_dir)
 
 
-def check_scenes(options: Mapping[str, Any], path: str) -> None:
-    """``size`` an int in SIZE_RANGE, ``seed`` an int >= 0 (when given)."""
-    if "size" in options:
-        as_int(options["size"], f"{path}.size", *SIZE_RANGE)
+def check_scenes(options: Mapping[str, Any], path: str,
+                 split_sizes: Mapping[str, int] | None = None) -> None:
+    """SyntheticScenes' own limits: ``size`` in SIZE_RANGE, ``seed`` in SEED_RANGE,
+    ``cache_dir`` a writable directory, each split at most `scenes.max_length(size)` samples
+    (a million, and a 16 GiB cache)."""
+    size = as_int(options.get("size", SCENES_SIZE), f"{path}.size", *SIZE_RANGE)
     if "seed" in options:
-        as_int(options["seed"], f"{path}.seed", 0)
+        as_int(options["seed"], f"{path}.seed", *scenes.SEED_RANGE)
+    if options.get("cache_dir") is not None:
+        cache_dir = options["cache_dir"]
+        check_writable_dir(os.fspath(cache_dir) if isinstance(cache_dir, os.PathLike)
+                           else cache_dir, f"{path}.cache_dir", "cache directory")
+    most = scenes.max_length(size)
+    for split, n in (split_sizes or {}).items():
+        if isinstance(n, int) and n > most:
+            raise ValueError(
+                f"{path}.{split}: {n} samples of {size} px scenes; allowed: 1..{most} at size "
+                f"{size} (a split's cache holds at most {scenes.MAX_LENGTH} samples and "
+                f"{scenes.MAX_CACHE_BYTES >> 30} GiB, {scenes.bytes_per_sample(size)} bytes "
+                "per sample)")
 
 
 def nyuv2_split(split: str, root: str, tasks: Sequence[str] | None = None,
@@ -54,19 +73,59 @@ def taskonomy_split(split: str, root: str, split_sizes: Mapping[str, int],
     return subset(full, min(start, stop), stop)
 
 
-def check_files(options: Mapping[str, Any], path: str) -> None:
-    """``root`` (when given) names an existing directory; ``size`` is None, an int or (h, w)."""
+def check_files(options: Mapping[str, Any], path: str) -> Path | None:
+    """``root`` (when given) names an existing directory; ``size`` is None, an int or (h, w).
+    Returns the root (None when not given: the signature check reports it missing)."""
     root = options.get("root")
-    if "root" in options and not isinstance(root, str):
-        raise ValueError(f"{path}.root: expected the directory (a string), got {root!r}")
+    if "root" in options and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"{path}.root: expected the directory (a string), got {brief(root)}")
     if root is not None and not Path(root).is_dir():
-        raise ValueError(f"{path}.root: {root!r} is not an existing directory")
+        raise ValueError(f"{path}.root: {brief(os.fspath(root))} is not an existing directory")
     try:
         parse_size(options.get("size"))
     except ValueError as err:
         raise ValueError(f"{path}.{err}") from None
+    return None if root is None else Path(root)
 
 
-register_dataset("scenes", scenes_split, check=check_scenes)
-register_dataset("nyuv2", nyuv2_split, check=check_files)
-register_dataset("taskonomy", taskonomy_split, check=check_files)
+def _count_npy(folder: Path) -> int:
+    with os.scandir(folder) as entries:
+        return sum(1 for e in entries if e.name.endswith(".npy"))
+
+
+def check_nyuv2(options: Mapping[str, Any], path: str, tasks: Sequence[str] | None = None,
+                split_sizes: Mapping[str, int] | None = None) -> None:
+    """`check_files`, then the folders the asked-for tasks read exist in each split, and
+    each split has the samples asked for (one directory listing per split)."""
+    root = check_files(options, path)
+    if root is None:
+        return
+    folders = ["image"] + [nyuv2.MODALITY[t] for t in tasks or () if t in nyuv2.MODALITY]
+    for split, n in (split_sizes or {}).items():
+        split_dir = root / NYUV2_SPLIT_FOLDER.get(split, split)
+        for folder in folders:
+            if not (split_dir / folder).is_dir():
+                raise ValueError(f"{path}.root: {brief(str(split_dir / folder))} is missing "
+                                 f"(the {split} split; layout {nyuv2.LAYOUT})")
+        have = _count_npy(split_dir / "image")
+        if isinstance(n, int) and n > have:
+            raise ValueError(f"{path}.{split}: {n} samples asked for but nyuv2's {split} split "
+                             f"has {have} ({brief(str(split_dir / 'image'))}); allowed: "
+                             f"1..{have}")
+
+
+def check_taskonomy(options: Mapping[str, Any], path: str,
+                    tasks: Sequence[str] | None = None) -> None:
+    """`check_files`, then ``rgb`` and each asked-for task have their folder under root."""
+    root = check_files(options, path)
+    if root is None:
+        return
+    for folder in ("rgb", *(tasks or ())):
+        if not (root / folder).is_dir():
+            raise ValueError(f"{path}.root: {brief(str(root / folder))} is missing (layout "
+                             f"{taskonomy.LAYOUT})")
+
+
+register_dataset("scenes", scenes_split, check=check_scenes, tasks=scenes.TASKS)
+register_dataset("nyuv2", nyuv2_split, check=check_nyuv2, tasks=nyuv2.TASKS)
+register_dataset("taskonomy", taskonomy_split, check=check_taskonomy, tasks=taskonomy.TASKS)

@@ -9,19 +9,29 @@ first needed (the natural home is beside mtl.plugins).
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mtl.plugins import load_object
 
-Check = Callable[[Mapping[str, Any], str], None]
+Check = Callable[..., None]  # check(options, path[, tasks=..., split_sizes=...])
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 def _parameters(factory: Callable) -> dict[str, inspect.Parameter] | None:
-    """The factory's parameters, or None when Python cannot tell (C callables)."""
+    """The factory's parameters, or None when Python cannot tell (C callables). Cached per
+    callable: a sweep validates one config per axis value, each asking the same factories."""
+    try:
+        return _signature(factory)
+    except TypeError:  # an unhashable callable: no cache
+        return _signature.__wrapped__(factory)
+
+
+@functools.lru_cache(maxsize=256)
+def _signature(factory: Callable) -> dict[str, inspect.Parameter] | None:
     try:
         return dict(inspect.signature(factory).parameters)
     except (TypeError, ValueError):
@@ -60,10 +70,12 @@ def source_path(source: Any, path: str) -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered factory and its optional up-front value check ``check(options, path)``."""
+    """A registered factory, its optional up-front value check ``check(options, path)`` and
+    the task names it provides (None: it does not say)."""
 
     factory: Callable[..., Any]
     check: Check | None = None
+    tasks: tuple[str, ...] | None = None
 
 
 class PluginRegistry:
@@ -84,8 +96,9 @@ class PluginRegistry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, factory: Callable[..., Any], *, check: Check | None = None,
-                 replace: bool = False) -> None:
-        """Register ``factory`` under ``name``; a second registration needs ``replace=True``."""
+                 tasks: Sequence[str] | None = None, replace: bool = False) -> None:
+        """Register ``factory`` under ``name`` (providing ``tasks``, when it says); a second
+        registration needs ``replace=True``."""
         if not isinstance(name, str) or not name or ":" in name:
             raise ValueError(f"{self.kind} name: expected a non-empty string without ':' (names "
                              f"with ':' are import paths), got {name!r}")
@@ -94,10 +107,14 @@ class PluginRegistry:
                              f"{type(factory).__name__}")
         if check is not None and not callable(check):
             raise ValueError(f"{self.kind} {name!r}: check must be callable or None")
+        if tasks is not None and (isinstance(tasks, str) or not all(
+                isinstance(t, str) and t for t in tasks)):
+            raise ValueError(f"{self.kind} {name!r}: tasks must be a sequence of task names "
+                             f"or None, got {tasks!r}")
         if name in self._entries and not replace:
             raise ValueError(f"{self.kind} {name!r} is already registered; pass replace=True "
                              "to replace it")
-        self._entries[name] = Entry(factory, check)
+        self._entries[name] = Entry(factory, check, None if tasks is None else tuple(tasks))
 
     def names(self) -> tuple[str, ...]:
         """The registered names, sorted."""
@@ -105,6 +122,11 @@ class PluginRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+    def tasks(self, source: str) -> tuple[str, ...] | None:
+        """The task names a registered ``source`` provides (None: any, or it does not say)."""
+        entry = self._entries.get(source)
+        return entry.tasks if entry is not None else None
 
     def resolve(self, source: str, path: str) -> Callable[..., Any]:
         """The factory of a registered name or an import path (one ValueError otherwise)."""
@@ -121,9 +143,11 @@ class PluginRegistry:
                              "'package.module:attribute')")
         return self._entries[source].factory
 
-    def check_options(self, source: str, options: Mapping[str, Any], path: str) -> None:
+    def check_options(self, source: str, options: Mapping[str, Any], path: str,
+                      context: Mapping[str, Any] | None = None) -> None:
         """Before any work: ``options`` fit the factory's signature (no reserved or unknown
-        key, every required one given), then the registered value check, if any."""
+        key, every required one given), then the registered value check, if any; it also
+        gets those of ``context`` (e.g. ``tasks=``, ``split_sizes=``) its signature names."""
         factory = self.resolve(source, path)
         if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
             raise ValueError(f"{path}: expected a mapping of option names to values, got "
@@ -142,7 +166,9 @@ class PluginRegistry:
             self._check_keys(source, factory, params, options, path)
         entry = self._entries.get(source)
         if entry is not None and entry.check is not None:
-            entry.check(options, path)
+            extra = {k: v for k, v in (context or {}).items()
+                     if v is not None and names_parameter(entry.check, k)}
+            entry.check(options, path, **extra)
 
     def _check_keys(self, source: str, factory: Callable, params: dict[str, inspect.Parameter],
                     options: Mapping[str, Any], path: str) -> None:

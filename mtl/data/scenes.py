@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mtl.config.limits import MAX_SEED
 from mtl.data import render as _render
 from mtl.data import scene_geometry as geo
 
@@ -42,6 +43,25 @@ STORAGE_VERSION = 2
 _STORED = {"image": np.uint8, "segment_semantic": np.uint8, "depth_zbuffer": np.float16,
            "normal": np.float16, "edge_texture": np.float16, "keypoints2d": np.float16,
            "scene_class": np.uint8}
+# Limits of one split. Its cache is rendered once (about 500 images/s at 16 px on one core)
+# and memory-mapped by every trial: at most a million samples (about half an hour of
+# rendering) and at most 16 GiB on disk, which keeps a split within a workstation's page
+# cache (16 bytes per pixel: 1,023 samples at 1024 px, 262,140 at 64 px).
+MAX_LENGTH = 1_000_000
+MAX_CACHE_BYTES = 16 << 30
+SEED_RANGE = (0, MAX_SEED)
+
+
+def bytes_per_sample(size: int) -> int:
+    """Bytes one sample of side ``size`` takes in the cache (image and every label)."""
+    per = {"image": 3 * size * size, "normal": 3 * size * size, "scene_class": 1}
+    return sum(np.dtype(dtype).itemsize * per.get(key, size * size)
+               for key, dtype in _STORED.items())
+
+
+def max_length(size: int) -> int:
+    """The most samples one split of side ``size`` may have (`MAX_LENGTH`, `MAX_CACHE_BYTES`)."""
+    return min(MAX_LENGTH, MAX_CACHE_BYTES // bytes_per_sample(size))
 _PROGRESS_AFTER_S = 2.0
 
 
@@ -69,7 +89,7 @@ def render_samples(split: str, indices: Sequence[int] | np.ndarray, seed: int = 
 def scene_params(split: str, indices: Sequence[int] | np.ndarray, seed: int = 0) -> geo.SceneParams:
     """The scene parameters of samples `indices` of `split` (for tests and inspection)."""
     _check_split(split)
-    _check_int("seed", seed, 0, 2**63 - 1)
+    _check_int("seed", seed, *SEED_RANGE)
     idx = np.asarray(indices)
     if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or (idx < 0).any():
         raise ValueError(f"indices: must be a 1-D sequence of ints >= 0, got {indices!r}")
@@ -124,8 +144,8 @@ class SyntheticScenes(Dataset):
         self.split = split
         self.size = _check_int("size", size, *SIZE_RANGE)
         self.length = (DEFAULT_LENGTHS[split] if length is None
-                       else _check_int("length", length, 1))
-        self.seed = _check_int("seed", seed, 0, 2**63 - 1)
+                       else _check_int("length", length, 1, max_length(self.size)))
+        self.seed = _check_int("seed", seed, *SEED_RANGE)
         self.tasks = _check_tasks(tasks)
         self.task_channels = {t: TASK_CHANNELS[t] for t in self.tasks}
         if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
