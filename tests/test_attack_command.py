@@ -79,6 +79,22 @@ def test_a_source_this_command_cannot_build_is_named(trained: Path, tmp_path, ca
     assert attack(plugin, "--dataset", "scenes", "--size", "16") == 0  # a flag overrides
 
 
+def test_a_record_without_a_size_means_the_datasets_default(trained: Path, tmp_path,
+                                                           capsys) -> None:
+    """A sweep's `dataset: {name: scenes}` records no size: the factory's default applies."""
+    import inspect
+
+    from mtl.data.builtin_datasets import scenes_split
+    default = inspect.signature(scenes_split).parameters["size"].default
+    sweep = tmp_path / trained.name
+    sweep.write_bytes(trained.read_bytes())
+    sweep.with_suffix(".json").write_text(trained.with_suffix(".json").read_text())
+    update_meta(sweep, {"data": {"source": "scenes", "options": {"seed": 0}}})
+    assert attack(sweep, "--n", "2") == 0
+    captured = capsys.readouterr()
+    assert f"scenes val at {default} px" in captured.out and captured.err == ""
+
+
 def test_a_bad_sidecar_is_one_line_exit_2(trained: Path, tmp_path, capsys) -> None:
     bad = tmp_path / trained.name
     bad.write_bytes(trained.read_bytes())

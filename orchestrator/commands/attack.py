@@ -14,6 +14,7 @@ warning. Only the built-in datasets are built: a source named in a sidecar is ne
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import sys
 from typing import Any, Mapping
@@ -21,6 +22,8 @@ from typing import Any, Mapping
 import torch
 import yaml
 
+from mtl.data import DATASETS, dataset_factory
+from mtl.train.checkpoints import data_settings
 from orchestrator.commands import check_common_args
 
 MAX_OPTION_CHARS = 200
@@ -84,9 +87,14 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def _trained_size(options: Mapping[str, Any], where: str) -> int | None:
-    """The square image side a data record trained at (int or [h, w] with h == w)."""
-    size = options.get("size")
+def _trained_size(source: str, options: Mapping[str, Any], where: str) -> int | None:
+    """The square image side a data record trained at (int or [h, w] with h == w); without
+    a recorded size, the built-in factory's default (None: the files' native size)."""
+    if "size" in options:
+        size = options["size"]
+    else:
+        param = inspect.signature(dataset_factory(source)).parameters.get("size")
+        size = None if param is None or param.default is param.empty else param.default
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
     if size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
@@ -99,9 +107,6 @@ def resolve_data(args: argparse.Namespace, meta: Mapping[str, Any]) -> dict[str,
     """Fill `--dataset/--size/--root` left unset from the checkpoint's `data` record (else the
     defaults); warn on stderr when `--size` differs from the trained size. Returns the
     recorded options the attack reuses for the same source (the scenes world `seed`)."""
-    from mtl.data import DATASETS
-    from mtl.train.checkpoints import data_settings
-
     where = str(args.checkpoint)
     data = data_settings(meta, where)
     if data is None:
@@ -120,11 +125,12 @@ def resolve_data(args: argparse.Namespace, meta: Mapping[str, Any]) -> dict[str,
     if args.dataset != data["source"]:
         return {}
     options = data["options"]
-    trained = _trained_size(options, where)
+    trained = _trained_size(data["source"], options, where)
     if args.size is None:
-        args.size = DEFAULT_SIZE if trained is None else trained
-    elif trained is not None and args.size != trained:
-        print(f"mtlsweep attack: warning: {where} was trained at {trained} px; attacking at "
+        args.size = trained  # None: the native size of the dataset's files
+    elif args.size != trained:
+        print(f"mtlsweep attack: warning: {where} was trained at "
+              f"{'native size' if trained is None else f'{trained} px'}; attacking at "
               f"--size {args.size}", file=sys.stderr)
     if args.root is None and isinstance(options.get("root"), str):
         args.root = options["root"]
@@ -142,7 +148,7 @@ def _dataset(args: argparse.Namespace, tasks: list[str], extra: Mapping[str, Any
         if args.root is None:
             raise ValueError(f"--root: required for --dataset {args.dataset}")
         data = get_dataset(args.dataset, args.split, root=args.root, tasks=tasks,
-                           size=(args.size, args.size))
+                           size=None if args.size is None else (args.size, args.size))
     return subset(data, 0, min(args.n, len(data)))
 
 
@@ -183,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint {args.checkpoint}  epoch {meta.get('epoch')}  "
           f"layout {(meta.get('model') or {}).get('layout')}  "
           f"{args.method} x {args.objective}, {args.steps} steps, n={args.n}, "
-          f"{args.dataset} {args.split} at {args.size} px")
+          f"{args.dataset} {args.split} at "
+          f"{'native size' if args.size is None else f'{args.size} px'}")
     for eps in args.eps:
         print(f"\neps = {eps:g}/255")
         print(format_table([r for r in rows if r["eps"] == float(eps)]))
