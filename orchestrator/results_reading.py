@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -41,6 +42,8 @@ from orchestrator.results_schema import (ATTEMPT_KEY, AXIS_KEY, KEY_COLUMNS, LEG
                                          polars_schema)
 
 PARQUET_MAGIC = b"PAR1"
+FOOTER_THREADS = 16
+PARALLEL_FROM = 32  # fewer files are read one after another
 
 
 class ResultsWarning(UserWarning):
@@ -125,21 +128,6 @@ def _unreadable(item: Listed, err: Exception) -> str:
     return f"corrupt parquet footer ({text[:160]})"
 
 
-def _past_end(md: pq.FileMetaData, size: int | None) -> bool:
-    """Whether a column chunk the footer points to lies beyond the end of the file."""
-    if size is None:
-        return False
-    for g in range(md.num_row_groups):
-        group = md.row_group(g)
-        for c in range(group.num_columns):
-            chunk = group.column(c)
-            starts = [o for o in (chunk.dictionary_page_offset, chunk.data_page_offset)
-                      if o is not None and o > 0]
-            if starts and min(starts) + chunk.total_compressed_size > size:
-                return True
-    return False
-
-
 def _table_of(names: set[str], table: str) -> str | None:
     """The table a file without mtlsweep metadata has the columns of (``table`` first)."""
     for candidate in (table, *TABLES):
@@ -148,26 +136,31 @@ def _table_of(names: set[str], table: str) -> str | None:
     return None
 
 
-def _stats(md: pq.FileMetaData, names: Iterable[str]
-           ) -> tuple[dict[str, int], dict[str, set]] | None:
-    """Null counts and distinct min/max values per column from the footer, or None when a
-    row group lacks them (then the columns themselves are read)."""
-    index = {md.schema.column(i).path: i for i in range(md.num_columns)}
-    nulls: dict[str, int] = {}
-    values: dict[str, set] = {}
-    for name in names:
-        nulls[name], values[name] = 0, set()
-        for g in range(md.num_row_groups):
-            group = md.row_group(g)
-            if group.num_rows == 0:
-                continue
-            if name not in index:
-                return None
+def _row_group_facts(md: pq.FileMetaData, index: dict[str, int], names: Iterable[str],
+                     size: int | None) -> tuple[dict[str, int], dict[str, set]] | str | None:
+    """From the footer alone: null counts of ``names`` and the distinct min/max values of the
+    key columns among them; a reason string when a column chunk lies past the end of the file;
+    None when a row group lacks statistics (then the columns themselves are read)."""
+    nulls = dict.fromkeys(names, 0)
+    values: dict[str, set] = {name: set() for name in names if name in KEY_COLUMNS}
+    data_end = None if size is None else size - md.serialized_size - 8  # footer, length, magic
+    for g in range(md.num_row_groups):
+        group = md.row_group(g)
+        if data_end is not None:
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                start = chunk.dictionary_page_offset or chunk.data_page_offset
+                if start is not None and start + chunk.total_compressed_size > data_end:
+                    return "truncated parquet file (its footer points past the end of the file)"
+        rows = group.num_rows
+        if rows == 0:
+            continue
+        for name in nulls:
             stats = group.column(index[name]).statistics
             if stats is None or not stats.has_null_count:
                 return None
             nulls[name] += stats.null_count
-            if stats.null_count == group.num_rows:
+            if name not in values or stats.null_count == rows:
                 continue
             if not stats.has_min_max:
                 return None
@@ -179,21 +172,33 @@ def _stats(md: pq.FileMetaData, names: Iterable[str]
 def _read_columns(item: Listed, names: list[str]) -> tuple[dict[str, int], dict[str, set]]:
     data = pq.read_table(item.inner, columns=names, filesystem=item.fs)
     return ({n: data[n].null_count for n in names},
-            {n: set(data[n].drop_null().unique().to_pylist()) for n in names})
+            {n: set(data[n].drop_null().unique().to_pylist()) for n in names if n in KEY_COLUMNS})
 
 
-def _inspect(item: Listed, table: str) -> ResultFile | Skipped:
+@dataclass(frozen=True)
+class _Target:
+    """What every file of a table is checked against (computed once per pass)."""
+    table: str
+    dtypes: dict[str, pl.DataType]
+    required: tuple[str, ...]  # the non-nullable columns
+
+    @classmethod
+    def of(cls, table: str) -> "_Target":
+        return cls(table, dict(polars_schema(table)),
+                   tuple(n for n, _, nullable in columns(table) if not nullable))
+
+
+def _inspect(item: Listed, target: _Target) -> ResultFile | Skipped:
     """Read ``item``'s footer once and decide whether (and as what) it counts."""
     def skip(reason: str) -> Skipped:
         return Skipped(item.path, reason)
 
+    table = target.table
     try:
         md = pq.read_metadata(item.inner, filesystem=item.fs)
         arrow = md.schema.to_arrow_schema()
     except (pa.ArrowException, OSError, ValueError) as err:
         return skip(_unreadable(item, err))
-    if _past_end(md, item.size):
-        return skip("truncated parquet file (its footer points past the end of the file)")
     meta = arrow.metadata or {}
     names = set(arrow.names)
     if TABLE_KEY in meta:
@@ -210,23 +215,28 @@ def _inspect(item: Listed, table: str) -> ResultFile | Skipped:
     missing = [k for k in KEY_COLUMNS[:2] if k not in names]
     if missing:
         return skip(f"no key column {missing[0]!r}")
-    target = polars_schema(table)
     dtypes: dict[str, pl.DataType] = {}
     axes: dict[str, pl.DataType] = {}
     for f in arrow:
         found = _dtype(f.type)
-        if f.name in target:
-            if not _castable(found, target[f.name]):
-                return skip(f"column {f.name!r} is {found}, expected {target[f.name]}")
+        expected = target.dtypes.get(f.name)
+        if expected is not None:
+            if not _castable(found, expected):
+                return skip(f"column {f.name!r} is {found}, expected {expected}")
             dtypes[f.name] = found
-        elif (f.metadata or {}).get(AXIS_KEY) == b"1":
+        elif f.metadata and f.metadata.get(AXIS_KEY) == b"1":
             if not (found.is_numeric() or found in (pl.Boolean, pl.String, pl.Null)):
                 return skip(f"axis column {f.name!r} is {found}, expected a bool, number or "
                             "string")
             axes[f.name] = dtypes[f.name] = found
-    required = [n for n, _, nullable in columns(table) if not nullable and n in names]
-    found_stats = _stats(md, required)
-    nulls, values = found_stats if found_stats is not None else _read_columns(item, required)
+    required = [n for n in target.required if n in names]
+    index = ({name: i for i, name in enumerate(arrow.names)} if md.num_columns == len(arrow)
+             else {md.schema.column(i).path: i for i in range(md.num_columns)})  # flat: cheap
+    facts = (_row_group_facts(md, index, required, item.size)
+             if all(n in index for n in required) else None)
+    if isinstance(facts, str):
+        return skip(facts)
+    nulls, values = facts if facts is not None else _read_columns(item, required)
     for name in required:
         if nulls[name]:
             return skip(f"null {name} in {nulls[name]} row(s)")
@@ -290,7 +300,13 @@ def _deduplicate(files: list[ResultFile]) -> tuple[list[ResultFile], list[Skippe
 def scan_results(path: str | os.PathLike, table: str = "measurements") -> ResultScan:
     """The footer pass over ``table``'s files under ``path`` (see the module docstring); warns
     nothing: :func:`read_results` and ``mtlsweep analyze`` report the skipped files."""
-    inspected = [_inspect(item, table) for item in list_table_files(path, table)]
+    target = _Target.of(table)
+    listed = list_table_files(path, table)
+    if len(listed) < PARALLEL_FROM:
+        inspected = [_inspect(item, target) for item in listed]
+    else:  # footers are small reads: overlap them (an object store answers each in ~ms)
+        with ThreadPoolExecutor(max_workers=FOOTER_THREADS) as pool:
+            inspected = list(pool.map(lambda item: _inspect(item, target), listed))
     good = [r for r in inspected if isinstance(r, ResultFile)]
     bad = [r for r in inspected if isinstance(r, Skipped)]
     kept, duplicates = _deduplicate(good)

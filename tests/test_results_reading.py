@@ -44,6 +44,7 @@ def plant_bad_files(directory: Path) -> dict[str, str]:
     """Every kind of bad file beside the good ones: {file name: a word its reason holds}."""
     good = (directory / "t0.parquet").read_bytes()
     (directory / "truncated.parquet").write_bytes(good[: len(good) // 2])
+    (directory / "hollow.parquet").write_bytes(good[:4] + good[200:])  # footer intact, data cut
     (directory / "random.parquet").write_bytes(os.urandom(2000))
     (directory / "empty.parquet").write_bytes(b"")
     pq.write_table(pa.table({"colour": ["red"], "size": [3]}), directory / "foreign.parquet")
@@ -54,7 +55,8 @@ def plant_bad_files(directory: Path) -> dict[str, str]:
     pq.write_table(null_key, directory / "nullkey.parquet")
     timings = directory.parent / "timings"
     shutil.copy(timings / "t2.parquet", directory / "misplaced.parquet")
-    return {"truncated.parquet": "truncated", "random.parquet": "not a parquet file",
+    return {"truncated.parquet": "truncated", "hollow.parquet": "points past the end",
+            "random.parquet": "not a parquet file",
             "empty.parquet": "empty", "foreign.parquet": "foreign",
             "t1-copy.parquet": "a second copy of trial 't1'", "nullkey.parquet": "null trial_id",
             "misplaced.parquet": "table 'timings'"}
@@ -74,7 +76,11 @@ def read_warning_free(path: Path) -> tuple[pl.DataFrame, list[str]]:
     return frame, [str(w.message) for w in caught]
 
 
-def test_every_bad_file_is_named_once_and_skipped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [False, True])
+def test_every_bad_file_is_named_once_and_skipped(tmp_path: Path, threads: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # a big directory's footers are read by a thread pool: the same verdicts either way
+    monkeypatch.setattr(results_reading, "PARALLEL_FROM", 1 if threads else 10**9)
     directory = write_good(tmp_path)
     bad = plant_bad_files(directory)
     frame, messages = read_warning_free(tmp_path / "sw")
