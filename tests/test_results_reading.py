@@ -221,3 +221,18 @@ def test_cli_analyze_names_the_skipped_files_and_exits_0(tmp_path: Path,
     for name in bad:
         assert name in report
     assert "3 trials" in report
+
+
+def test_cli_analyze_with_only_bad_files_names_them_and_fails(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture
+                                                              ) -> None:
+    directory = tmp_path / "sw" / "results" / "measurements"
+    directory.mkdir(parents=True)
+    (directory / "t0.parquet").write_bytes(b"PAR1 and then nothing")
+    assert main(["analyze", str(tmp_path / "sw"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"mtlsweep analyze: warning: {directory / 't0.parquet'}: truncated parquet "
+                   "file (no footer: its write did not finish)",
+                   f"mtlsweep analyze: error: no measurements under {str(tmp_path / 'sw')!r} "
+                   "(expected <sweep>/results/measurements/*.parquet); 1 result files were "
+                   "skipped, see the warnings"]
