@@ -77,6 +77,9 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, address: str | Non
     with sweep_lock(exp_dir):
         claim(spec, exp_dir, overwrite, replace_changed)
         done = _done(exp_dir)
+        if spec.search["mode"] != "grid":  # unfinished samples are drawn afresh, not resumed
+            for trial_id in set(record.trial_ids(exp_dir)) - done:
+                record.delete_dir(record.trial_dir(exp_dir, trial_id))
         points = _points(spec, done) if spec.search["mode"] == "grid" else None
         total = _planned(spec)
         todo = len(points) if points is not None else max(total - len(done), 0)

@@ -123,7 +123,9 @@ def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
         rows, final = _evaluate(trial, data, ckpt_dir, store_dir, device, timings)
         final["train_loss"] = float(history[-1]["train_loss"]) if history else math.nan
         t0 = time.perf_counter()
-        common = {"attempt": attempt, **trial["labels"]}
+        common = {"attempt": attempt, **trial["labels"],
+                  "train_epochs": int(run.training["epochs"]),
+                  "dataset": run.dataset["source"], "model": run.model["source"]}
         args = (storage, trial["sweep"])
         columns = trial["columns"]
         write_trial_table(*args, "measurements", trial["trial_id"],

@@ -147,6 +147,10 @@ def test_random_search_over_rho_reports_the_best(local_ray, tmp_path, monkeypatc
     assert outcome.best["config"]["training.rho"] == pytest.approx(best["rho"].item())
     assert frame["training.rho"].to_list() == frame["rho"].to_list()  # searched = a column
     assert outcome.best["value"] == pytest.approx(best["rel_change"].item())
+    # the same search again: both samples are done, nothing is drawn or run
+    again = run_sweep(spec, storage="runs")
+    assert (again.trials, again.finished, again.skipped, again.errored) == (2, 2, 2, 0)
+    assert read_results(again.experiment_dir).collect().equals(frame)
 
 
 def test_optuna_search_over_a_dotted_path_with_asha_on_a_val_metric(local_ray, tmp_path):
