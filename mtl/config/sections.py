@@ -162,9 +162,27 @@ def parse_model(raw: Any, tasks: Sequence[Mapping]) -> dict:
     return {"source": source, "layout": canonical, "options": options}
 
 
+TREEMTL_PREFIX = "treemtl:"
+
+
+def _treemtl_layout(item: str, path: str, num_tasks: int, num_blocks: int | None) -> str:
+    """``treemtl:<i>``: layout i of TreeMTL's enumeration (the DGBA paper's layout index)."""
+    if num_blocks is None:
+        fail(path, "a TreeMTL index needs the model's number of blocks (its factory has no "
+             "num_blocks attribute); give a layout string")
+    digits = item[len(TREEMTL_PREFIX):].strip()
+    if not (digits.isascii() and digits.isdigit()):
+        fail(path, f"expected treemtl:<index> with an integer index, got {brief(item)}")
+    try:
+        return str(Layout.from_treemtl_index(int(digits), num_tasks, num_blocks))
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
 def parse_layout(item: Any, path: str, num_tasks: int, num_blocks: int | None) -> str:
     """An int is a branch point k (share blocks < k, then every task alone); a string is a
-    canonical layout like ``0+1+2|0+1+2|0,1+2|0,1,2|0,1,2``."""
+    canonical layout like ``0+1+2|0+1+2|0,1+2|0,1,2|0,1,2`` or ``treemtl:<i>``, layout i of
+    TreeMTL's enumeration (`Layout.from_treemtl_index`, the DGBA paper's index)."""
     if isinstance(item, int) and not isinstance(item, bool):
         if num_blocks is None:
             fail(path, "a branch point needs the model's number of blocks (its factory has "
@@ -173,7 +191,9 @@ def parse_layout(item: Any, path: str, num_tasks: int, num_blocks: int | None) -
         return str(Layout.branch_point(item, num_tasks, num_blocks))
     if not isinstance(item, str):
         fail(path, f"expected a branch point 0..{num_blocks}, a layout string like "
-             f"'0+1+2|0+1+2|0,1+2|0,1,2|0,1,2' or 'all', got {brief(item)}")
+             f"'0+1+2|0+1+2|0,1+2|0,1,2|0,1,2', 'treemtl:<index>' or 'all', got {brief(item)}")
+    if item.strip().startswith(TREEMTL_PREFIX):
+        return _treemtl_layout(item.strip(), path, num_tasks, num_blocks)
     try:
         layout = Layout.parse(item)
     except ValueError as err:

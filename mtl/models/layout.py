@@ -15,6 +15,8 @@ import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from mtl.models.treemtl import treemtl_chains, treemtl_position
+
 Group = tuple[int, ...]
 Partition = tuple[Group, ...]
 
@@ -116,6 +118,24 @@ class Layout:
         shared = (tuple(range(num_tasks)),)
         alone = tuple((t,) for t in range(num_tasks))
         return cls(tuple(shared if b < k else alone for b in range(num_blocks)))
+
+    @classmethod
+    def from_treemtl_index(cls, index: int, num_tasks: int,
+                           num_blocks: int = DEFAULT_NUM_BLOCKS) -> Layout:
+        """Layout number ``index`` of TreeMTL's enumeration (mtl.models.treemtl), the index the
+        DGBA paper's models are named by: 0 = fully shared; for 3 tasks, 2 = independent."""
+        _check_sizes(num_tasks, num_blocks)
+        chains = treemtl_chains(num_tasks, num_blocks)
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or \
+                not 0 <= index < len(chains):
+            raise ValueError(f"treemtl index: must be an integer in 0..{len(chains) - 1} "
+                             f"(TreeMTL lists {len(chains)} layouts of {num_tasks} tasks over "
+                             f"{num_blocks} blocks), got {index!r}")
+        return _trusted(chains[int(index)])
+
+    def treemtl_index(self) -> int:
+        """This layout's position in TreeMTL's enumeration (inverse of `from_treemtl_index`)."""
+        return treemtl_position(self.partitions, self.num_tasks, self.num_blocks)
 
     # --- value semantics ----------------------------------------------------------------------
     def __str__(self) -> str:
