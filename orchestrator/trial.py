@@ -179,6 +179,7 @@ def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: t
         history = list(resume["history"])  # the attempt before died after training
     else:
         result = train(model, data["train"], config, val_set=data["val"],
+                       checkpoint_meta={"data": dict(trial["model_config"]["dataset"])},
                        checkpoint_dir=str(ckpt_dir), callback=callback, resume_state=resume,
                        progress=progress, device=device)
         history = result.history

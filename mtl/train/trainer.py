@@ -195,8 +195,12 @@ def train(model: nn.Module, train_set: Any, config: TrainConfig, *, val_set: Any
           checkpoint_dir: str | os.PathLike | None = None, callback: Callback | None = None,
           resume_state: Mapping[str, Any] | None = None, progress: bool = True,
           device: torch.device | str | None = None, tasks: Sequence[str] | None = None,
-          out_channels: Mapping[str, int | None] | None = None) -> TrainResult:
+          out_channels: Mapping[str, int | None] | None = None,
+          checkpoint_meta: Mapping[str, Any] | None = None) -> TrainResult:
     """Train `model` on `train_set` under `config`; see the module docstring for the records.
+
+    ``checkpoint_meta`` (JSON-able) goes into every kept checkpoint's sidecar, e.g.
+    ``{"data": <dataset settings>}`` so that a checkpoint says what it was trained on.
 
     `model` is the built-in network or any module whose `forward(x)` returns {task: tensor};
     for one without a `tasks` attribute pass `tasks=` (and `out_channels=` for heads whose
@@ -293,7 +297,8 @@ def train(model: nn.Module, train_set: Any, config: TrainConfig, *, val_set: Any
                 record.update(sharp)
             metrics = {k: v for k, v in record.items()
                        if k.startswith(("train_loss", "val/"))}
-            meta = {"lr": lr, "lr_decayed": record["lr_decayed"], "metrics": metrics,
+            meta = {**(checkpoint_meta or {}), "lr": lr, "lr_decayed": record["lr_decayed"],
+                    "metrics": metrics,
                     "sharpness": sharp, "train_config": config.to_dict()}
             checkpoints[epoch] = save_checkpoint(model, checkpoint_dir, epoch, meta)
         record["time_s"] = time.perf_counter() - t0
