@@ -52,8 +52,8 @@ def _small(value: Any, budget: int = 64) -> bool:
 def brief(value: Any, limit: int = SHOWN_CHARS, plain: bool = False) -> str:
     """``repr(value)`` (``str`` when ``plain``) cut to ``limit`` characters with ``...``
     after: the form of every value shown in a message, whatever its size."""
-    if plain and isinstance(value, str):
-        text = value
+    if isinstance(value, str):
+        text = value[:limit + 1] if plain else repr(value[:limit + 1])
     else:
         text = repr(value) if _small(value) else _REPR.repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
