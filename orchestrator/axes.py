@@ -44,6 +44,9 @@ def legacy_axes(raw: dict, layouts: Sequence[str] | None) -> tuple[dict, list[Ax
     base = {k: v for k, v in raw.items() if k in RUN_KEYS}
     axes: list[Axis] = []
     if layouts is not None:
+        if get_path(base, "model.layout", None) is not None:
+            fail("model.layout", "given next to layouts, which would replace it; allowed: "
+                 "model.layout (one layout) or layouts (an axis), not both")
         axes.append(Axis("model.layout", tuple(layouts), "layouts"))
     for source, path in LEGACY:
         value = get_path(base, source, None)

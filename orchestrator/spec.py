@@ -27,7 +27,7 @@ from mtl.config.limits import DEFAULT_MAX_TRIALS, MAX_FAILURES, MAX_TRIALS
 from mtl.config.locations import check_storage, check_writable_dir, local_path
 from mtl.config.names import check_name
 from mtl.config.paths import get_path
-from mtl.config.reading import ConfigError, Node, as_bool, as_float, as_int, brief, fail
+from mtl.config.reading import ConfigError, Node, as_bool, as_float, as_int, brief, clip, fail
 from mtl.config.run import RUN_KEYS, RunConfig
 from mtl.config.sections import (count_layout_values, expand_layouts, parse_tasks,
                                  task_names_of)
@@ -151,7 +151,19 @@ def load_spec(path: str | Path, *, name: str | None = None, storage: str | None 
 
 def parse_spec(raw: Mapping, *, name: str | None = None, storage: str | None = None,
                import_paths: tuple[str, ...] = ()) -> SweepSpec:
-    """Validate a parsed YAML mapping into a `SweepSpec` (see module docstring)."""
+    """Validate a parsed YAML mapping into a `SweepSpec` (see module docstring); a message
+    is one line of bounded length, whichever rule wrote it."""
+    try:
+        return _parse_spec(raw, name, storage, import_paths)
+    except ConfigError as err:
+        text = str(err)
+        if "\n" not in text and clip(text) == text:
+            raise
+        raise ConfigError(clip(" ".join(text.split()))) from None
+
+
+def _parse_spec(raw: Mapping, name: str | None, storage: str | None,
+                import_paths: tuple[str, ...]) -> SweepSpec:
     add_import_paths(import_paths)
     top = Node(raw, "", TOP_KEYS)
     sweep_name = _name(top.get("name", name), from_file="name" not in raw)

@@ -361,12 +361,14 @@ def test_a_store_path_that_is_empty_or_a_file_is_refused(tmp_path):
     ({"dataset.cache_dir": "/dev/null"}, "dataset.cache_dir"),
     ({"dataset.size": 16.0}, "dataset.size"),
     ({"resources": {"cpu": float("nan")}}, "resources.cpu"),
+    ({"model.layout": 2}, "model.layout"),
+    ({"attacks.options": {"random_start": list(range(5000))}}, "attacks"),
     ({"search": {"mode": "random", "metric": "train_loss",
                  "space": {"training.lr": {"choice": [0.1 + i for i in range(2000)]}}}},
      "search.space.training.lr.choice"),
 ])
 def test_hostile_values_are_refused(tmp_path, changes, where):
-    refused(demo(tmp_path, **changes), where)
+    assert len(refused(demo(tmp_path, **changes), where)) <= 6 * SHOWN_CHARS
 
 
 # --- end to end: `mtlsweep run` ------------------------------------------------------------

@@ -49,6 +49,16 @@ def _small(value: Any, budget: int = 64) -> bool:
     return True
 
 
+def clip(message: str, limit: int = 6 * SHOWN_CHARS) -> str:
+    """``message`` with its middle cut out when longer than ``limit``: the start (the path)
+    and the end (often the value or the allowed ones) stay. A backstop for messages written
+    where values are not shown through `brief`."""
+    if len(message) <= limit:
+        return message
+    tail = limit // 4
+    return f"{message[:limit - tail - 5]} ... {message[-tail:]}"
+
+
 def brief(value: Any, limit: int = SHOWN_CHARS, plain: bool = False) -> str:
     """``repr(value)`` (``str`` when ``plain``) cut to ``limit`` characters with ``...``
     after: the form of every value shown in a message, whatever its size."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mtl.config.reading import brief
 from mtl.plugins import load_object
 
 Check = Callable[..., None]  # check(options, path[, tasks=..., split_sizes=...])
@@ -134,11 +135,11 @@ class PluginRegistry:
         if isinstance(source, str) and ":" in source:
             factory = load_object(source, where)
             if not callable(factory):
-                raise ValueError(f"{where}: {source!r} is a {type(factory).__name__}, not a "
+                raise ValueError(f"{where}: {brief(source)} is a {type(factory).__name__}, not a "
                                  f"callable {self.kind} factory")
             return factory
         if source not in self._entries:
-            raise ValueError(f"{where}: unknown {self.kind} {source!r}; registered: "
+            raise ValueError(f"{where}: unknown {self.kind} {brief(source)}; registered: "
                              f"{', '.join(self.names()) or 'none'} (or an import path "
                              "'package.module:attribute')")
         return self._entries[source].factory
@@ -151,7 +152,7 @@ class PluginRegistry:
         factory = self.resolve(source, path)
         if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
             raise ValueError(f"{path}: expected a mapping of option names to values, got "
-                             f"{options!r}")
+                             f"{brief(options)}")
         for key in options:
             if key in self.passed:
                 raise ValueError(f"{path}.{key}: set by mtlsweep (passed to the {self.kind} "
@@ -178,7 +179,7 @@ class PluginRegistry:
                 if key not in named:
                     close = difflib.get_close_matches(key, named, n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ValueError(f"{path}.{key}: unknown key for {self.kind} {source!r}"
+                    raise ValueError(f"{path}.{brief(key, plain=True)}: unknown key for {self.kind} {source!r}"
                                      f"{hint}; allowed keys: {', '.join(sorted(named)) or 'none'}")
         for key in named:
             if key not in options and not has_default(factory, key):
