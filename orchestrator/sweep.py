@@ -26,6 +26,7 @@ import pyarrow.fs as pafs
 
 from orchestrator import record
 from orchestrator.record import RecordError
+from orchestrator.results_reading import scan_results
 from orchestrator.spec import SpecError, SweepSpec, parse_spec
 from orchestrator.exits import SweepInterrupted
 from orchestrator.fs import filesystem
@@ -200,12 +201,14 @@ def _clean_temp(exp_dir: str) -> None:
 
 
 def _done(exp_dir: str) -> set[str]:
-    """Trials the record marks finished (with their rows still present) or pruned."""
-    fs, root = filesystem(f"{exp_dir}/results/timings")
-    files = {f.base_name[:-len(".parquet")] for f in fs.get_file_info(
-        pafs.FileSelector(root, allow_not_found=True)) if f.base_name.endswith(".parquet")}
-    return {t for t, s in record.statuses(exp_dir).items()
-            if s["status"] == "pruned" or (s["status"] == "finished" and t in files)}
+    """Trials the record marks finished (with their rows still present and readable: a
+    corrupt or copied results file does not count) or pruned."""
+    states = record.statuses(exp_dir)
+    if not any(s["status"] == "finished" for s in states.values()):
+        return {t for t, s in states.items() if s["status"] == "pruned"}
+    readable = {f.trial_id for f in scan_results(exp_dir, "timings").files}
+    return {t for t, s in states.items()
+            if s["status"] == "pruned" or (s["status"] == "finished" and t in readable)}
 
 
 def _planned(spec: SweepSpec) -> int:

@@ -129,14 +129,14 @@ def execute_trial(trial: Mapping[str, Any], *, storage: str, store_dir: str,
         args = (storage, trial["sweep"])
         columns = trial["columns"]
         write_trial_table(*args, "measurements", trial["trial_id"],
-                          [{**common, **row} for row in rows], columns=columns)
+                          [{**common, **row} for row in rows], columns=columns, attempt=attempt)
         write_trial_table(*args, "epochs", trial["trial_id"], _epoch_rows(history, common),
-                          columns=columns)
+                          columns=columns, attempt=attempt)
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         write_trial_table(*args, "timings", trial["trial_id"],
                           [{"attempt": attempt, "phase": k, "seconds": v}
-                           for k, v in timings.items()])
+                           for k, v in timings.items()], attempt=attempt)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     final = {k: (v if math.isfinite(v) else None) for k, v in final.items()}
@@ -200,7 +200,7 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
     """Rows for every kept epoch (clean, white-box, cross-task, transfer) + final metrics."""
     from mtl.attacks import AttackSpec
     from mtl.data import make_loader
-    from mtl.evaluate import cross_task_rows, evaluate_attacks, evaluate_clean, evaluate_transfer
+    from mtl.evaluate import clean_rows, cross_task_rows, evaluate_attacks, evaluate_transfer
     from mtl.train import load_checkpoint
     run: RunConfig = trial["run"]
     cross = run.cross_task
@@ -229,12 +229,7 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
         # attacks with random starts repeat exactly
         phase_seed = trial["labels"]["seed"] * 100_003 + epoch
         t0 = time.perf_counter()
-        clean = evaluate_clean(model, loader)
-        add("clean", epoch, [{"attack_method": "none", "objective": "none", "eps": 0.0,
-                              "steps": 0, "task": task, "metric": metric, "clean": value,
-                              "adv": None, "rel_change": None}
-                             for task, metrics in clean.items()
-                             for metric, value in metrics.items()])
+        add("clean", epoch, clean_rows(model, loader))
         timings["eval_clean"] = timings.get("eval_clean", 0.0) + time.perf_counter() - t0
         for phase, job in (("whitebox", lambda: evaluate_attacks(model, loader, specs)),
                            ("cross_task", lambda: cross_task_rows(
