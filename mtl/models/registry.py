@@ -7,7 +7,8 @@ YAML ``model`` section, and ``layout`` is passed only to factories whose signatu
 (only they can have layouts swept). It returns an ``nn.Module`` whose ``forward(x)`` gives a
 mapping task -> tensor; `build_task_model` hands it back as a task model (``.tasks``,
 ``.out_channels``, see mtl.models.task_model). A source is a registered name or an import path
-``package.module:attribute``; the built-in network is ``"resnet"``, the default.
+``package.module:attribute``; the built-in network is ``"resnet"``, the default;
+``"deeplab_resnet34"`` is the DGBA paper's Deeplab-ResNet-34 tree (mtl.models.deeplab).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 from mtl.config.reading import as_bool, as_int
 from mtl.data.plugin_registry import Check, PluginRegistry, has_default, names_parameter
 from mtl.models.blocks import NUM_BLOCKS
+from mtl.models.deeplab import check_deeplab, deeplab_resnet34
 from mtl.models.layout import Layout
 from mtl.models.network import MultiTaskNet, build_model
 from mtl.models.task_model import as_task_model
@@ -114,3 +116,4 @@ def check_resnet(options: Mapping[str, Any], path: str) -> None:
 
 
 register_model(DEFAULT_MODEL, resnet, check=check_resnet)
+register_model("deeplab_resnet34", deeplab_resnet34, check=check_deeplab)
