@@ -54,7 +54,7 @@ _TRIAL_COLUMNS: list[tuple[str, pa.DataType, bool]] = [
 _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
     "measurements": _TRIAL_COLUMNS + [
         ("surrogate_id", pa.string(), True),  # model the attack was crafted on
-        ("target_id", pa.string(), True),     # model evaluated under transfer (null = white-box)
+        ("target_id", pa.string(), True),     # model measured: surrogate_id, or the transfer target
         ("kind", pa.string(), False),         # clean | whitebox | cross_task | transfer
         ("attack_method", pa.string(), False),  # "none" for clean rows
         ("objective", pa.string(), False),      # "none" for clean rows
