@@ -43,7 +43,8 @@ SpecError = ConfigError
 SWEEP_KEYS = ("name", "storage", "layouts", "axes", "transfer", "resources", "search",
               "max_concurrent", "max_failures", "max_trials", "store")
 DEFAULT_STORAGE = "runs"  # where results go when neither the file nor --storage says
-RAISE_CAP = f"raise it with the top-level key max_trials: N, up to {MAX_TRIALS}, or sweep fewer values"
+RAISE_CAP = (f"raise it with the top-level key max_trials: N, up to {MAX_TRIALS}, or sweep "
+             "fewer values")
 TOP_KEYS = SWEEP_KEYS + RUN_KEYS
 __all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec", "describe", "FINAL_METRICS"]
 

@@ -80,7 +80,8 @@ class Node:
             if key not in keys:
                 close = difflib.get_close_matches(brief(key, plain=True), keys, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                fail(join(path, brief(key, plain=True)), f"unknown key{hint}; allowed keys: {show(keys)}")
+                fail(join(path, brief(key, plain=True)),
+                     f"unknown key{hint}; allowed keys: {show(keys)}")
         self.value, self.path = value, path
 
     def at(self, key: str) -> str:

@@ -179,8 +179,9 @@ class PluginRegistry:
                 if key not in named:
                     close = difflib.get_close_matches(key, named, n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ValueError(f"{path}.{brief(key, plain=True)}: unknown key for {self.kind} {source!r}"
-                                     f"{hint}; allowed keys: {', '.join(sorted(named)) or 'none'}")
+                    raise ValueError(f"{path}.{brief(key, plain=True)}: unknown key for "
+                                     f"{self.kind} {source!r}{hint}; allowed keys: "
+                                     f"{', '.join(sorted(named)) or 'none'}")
         for key in named:
             if key not in options and not has_default(factory, key):
                 meaning = f" ({self.meanings[key]})" if key in self.meanings else ""
