@@ -2,7 +2,13 @@
 
 Losses come from `task_outputs`, so any model whose `forward(x)` returns a mapping task -> tensor
 can be attacked; a model that accepts `task=` / `tasks=` runs only the paths the attacked tasks
-need. Losses are floored at LOSS_FLOOR wherever they divide, so a zero loss never makes NaN.
+need. Losses are floored at LOSS_FLOOR wherever they divide, so a zero loss never makes NaN; a
+task whose clean loss is at the floor (e.g. a cross-entropy that is exactly 0 in float32 once the
+logit margin exceeds ~17) has no relative change and drops out of that sample's value.
+
+Reductions (`forward_losses`): 'sample' (default) gives each sample's mean over its valid pixels;
+'pixel' gives each sample's share of the batch mean over ALL valid pixels of the batch,
+S_tb / sum_b n_tb, which sums over the batch to the DGBA authors' TOTAL / SINGLE loss.
 """
 from __future__ import annotations
 
@@ -14,9 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from mtl.models.outputs import task_outputs
-from mtl.tasks import task_loss
+from mtl.attacks.options import choice
+from mtl.tasks import task_loss, task_loss_sums
 
 LOSS_FLOOR = 1e-8  # losses are floored here so a zero loss never yields NaN or inf
+REDUCTIONS = ("sample", "pixel")
+REDUCTION = choice("sample", REDUCTIONS)  # objective option of `total` and `single:<task>`
 
 
 @dataclass
@@ -55,19 +64,36 @@ class AttackContext:
 
 
 def forward_losses(model: nn.Module, x: Tensor, batch: Mapping[str, Tensor],
-                   tasks: Sequence[str]) -> Tensor:
-    """Per-sample losses [T, B] of `tasks`, running only the paths those tasks need when the
-    model allows it (see `task_outputs`)."""
+                   tasks: Sequence[str], reduction: str = "sample") -> Tensor:
+    """Losses [T, B] of `tasks`, running only the paths those tasks need when the model allows
+    it (see `task_outputs`). reduction 'sample': each sample's mean over its valid pixels;
+    'pixel': S_tb / N_t with S_tb the loss summed over sample b's valid pixels and N_t the
+    batch's valid-pixel count (0 where the batch has none), so row t sums to the batch mean."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: unknown value {reduction!r}; allowed: {list(REDUCTIONS)}")
     tasks = tuple(tasks)
     out = task_outputs(model, x, tasks)
-    return torch.stack([task_loss(t, out[t], batch) for t in tasks])
+    if reduction == "sample":
+        return torch.stack([task_loss(t, out[t], batch) for t in tasks])
+    sums, counts = zip(*(task_loss_sums(t, out[t], batch) for t in tasks))
+    total = torch.stack(counts).sum(1, keepdim=True)
+    return torch.stack(sums) / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def defined_changes(clean_losses: Tensor) -> Tensor:
+    """Where a relative change is defined, [T, B] bool: the clean loss is above LOSS_FLOOR."""
+    return clean_losses > LOSS_FLOOR
 
 
 def relative_changes(losses: Tensor, clean_losses: Tensor) -> Tensor:
-    """(L_t - L_t^0) / L_t^0 per task and sample, [T, B]; clean losses are already floored."""
-    return (losses - clean_losses) / clean_losses
+    """(L_t - L_t^0) / L_t^0 per task and sample, [T, B]; clean losses are already floored.
+    0 where it is undefined (`defined_changes`), instead of (L - 1e-8) / 1e-8 ~ 1e8 * L."""
+    changes = (losses - clean_losses) / clean_losses
+    return torch.where(defined_changes(clean_losses), changes, torch.zeros_like(changes))
 
 
 def mean_relative_change(losses: Tensor, clean_losses: Tensor) -> Tensor:
-    """The DGBA objective: averaged relative loss change over tasks, per sample [B]."""
-    return relative_changes(losses, clean_losses).mean(0)
+    """The DGBA objective: averaged relative loss change per sample [B], over the tasks where it
+    is defined (a task with a zero clean loss drops out; 0 when none is defined)."""
+    defined = defined_changes(clean_losses).sum(0).clamp_min(1).to(losses.dtype)
+    return relative_changes(losses, clean_losses).sum(0) / defined

@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtl.attacks.context import LOSS_FLOOR, AttackContext, forward_losses, mean_relative_change
+from mtl.attacks.context import (LOSS_FLOOR, AttackContext, defined_changes, forward_losses,
+                                 mean_relative_change)
 from mtl.attacks.lp import LP_SOLVERS, solve_box_lp, solve_sign_ilp
 from mtl.attacks.objective import Objective
 from mtl.attacks.options import choice
@@ -37,13 +38,17 @@ def dgba_direction(ctx: AttackContext, x: Tensor) -> tuple[Tensor, Tensor]:
 
     denominator 'current' (default, the official code's "dynamic" weighting): c = grad sum_t log L_t;
     'clean': c = grad sum_t L_t / L_t^0 with the clean losses computed once. Losses are floored at
-    1e-8, so a task with zero loss (or no valid pixel) contributes nothing instead of NaN/inf.
-    Value: the averaged relative loss change (1/T) sum_t (L_t - L_t^0) / L_t^0 per sample.
+    1e-8, so a task with zero loss (or no valid pixel) contributes nothing instead of NaN/inf;
+    with 'clean', a task whose clean loss is zero contributes nothing to that sample's direction.
+    Value: the averaged relative loss change (1/T) sum_t (L_t - L_t^0) / L_t^0 per sample, over
+    the tasks whose clean loss is not zero (`mean_relative_change`).
     """
     x = x.detach().requires_grad_(True)
     losses = forward_losses(ctx.model, x, ctx.batch, ctx.tasks)
     if ctx.options.get("denominator", "current") == "clean":
-        objective = (losses / ctx.clean_losses).sum()
+        ratios = losses / ctx.clean_losses
+        objective = torch.where(defined_changes(ctx.clean_losses), ratios,
+                                torch.zeros_like(ratios)).sum()
     else:
         objective = torch.log(losses.clamp_min(LOSS_FLOOR)).sum()
     (c,) = torch.autograd.grad(objective, x)
@@ -55,8 +60,9 @@ def dgba_direction_reference(model: nn.Module, x: Tensor, batch: Mapping[str, Te
                              clean_losses: Tensor | None = None) -> Tensor:
     """Reference DGBA direction with T backward passes: sum_t grad L_t / L_t (per sample).
 
-    Mirrors the flooring of `dgba_direction`: a task whose loss is below 1e-8 contributes 0.
-    `clean_losses` [T, B] is required for denominator='clean'. Used by tests and bench only.
+    Mirrors the flooring of `dgba_direction`: a task whose loss is below 1e-8 contributes 0 (for
+    denominator='clean': whose clean loss is). `clean_losses` [T, B] is required for
+    denominator='clean'. Used by tests and bench only.
     """
     if denominator not in DENOMINATORS:
         raise ValueError(f"denominator: unknown value {denominator!r}; allowed: {list(DENOMINATORS)}")
@@ -66,7 +72,7 @@ def dgba_direction_reference(model: nn.Module, x: Tensor, batch: Mapping[str, Te
         if clean_losses is None:
             raise ValueError("clean_losses: required when denominator='clean'")
         denom = clean_losses.clamp_min(LOSS_FLOOR)
-        keep = torch.ones_like(denom)
+        keep = defined_changes(denom).to(x.dtype)
     else:
         denom = losses.detach().clamp_min(LOSS_FLOOR)
         keep = (losses.detach() >= LOSS_FLOOR).to(x.dtype)

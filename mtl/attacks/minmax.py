@@ -28,7 +28,8 @@ import itertools
 import torch
 from torch import Tensor
 
-from mtl.attacks.context import LOSS_FLOOR, AttackContext, forward_losses, relative_changes
+from mtl.attacks.context import (LOSS_FLOOR, AttackContext, defined_changes, forward_losses,
+                                 relative_changes)
 from mtl.attacks.dgba import DENOMINATOR
 from mtl.attacks.lp import cbc, require_optimal
 from mtl.attacks.objective import Objective
@@ -189,8 +190,12 @@ def minmax_direction(ctx: AttackContext, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _worst_relative_change(losses: Tensor, clean_losses: Tensor) -> Tensor:
-    """The MINMAX value: the worst (smallest) task's relative loss change, per sample [B]."""
-    return relative_changes(losses, clean_losses).amin(0)
+    """The MINMAX value: the worst (smallest) task's relative loss change, per sample [B], over
+    the tasks where it is defined (a zero clean loss drops out; 0 when none is defined)."""
+    defined = defined_changes(clean_losses)
+    changes = relative_changes(losses, clean_losses)
+    worst = torch.where(defined, changes, torch.full_like(changes, float("inf"))).amin(0)
+    return torch.where(defined.any(0), worst, torch.zeros_like(worst))
 
 
 register_objective(Objective(

@@ -48,7 +48,9 @@ class Objective:
         return option_problems(self.option_specs, options)
 
     def evaluate(self, ctx: AttackContext, x: Tensor) -> Tensor:
-        """Per-sample objective value at `x` (forward only)."""
+        """Per-sample objective value at `x` (forward only; losses reduced as the option
+        `reduction` says, 'sample' when the objective has none)."""
         with torch.no_grad():
-            return self.value(forward_losses(ctx.model, x, ctx.batch, ctx.tasks),
-                              ctx.clean_losses)
+            losses = forward_losses(ctx.model, x, ctx.batch, ctx.tasks,
+                                    ctx.options.get("reduction", "sample"))
+            return self.value(losses, ctx.clean_losses)

@@ -82,3 +82,11 @@ def choice(default: Any, values: Sequence[Any]) -> Option:
     """An option whose value is one of `values`."""
     allowed = tuple(values)
     return Option(default, lambda v: v in allowed, f"one of {list(allowed)}")
+
+
+def number_mapping(minimum: float = 0.0) -> Option:
+    """An option that is None (default) or a mapping name -> finite number >= `minimum`."""
+    def accepts(v: Any) -> bool:
+        return v is None or (isinstance(v, Mapping) and all(
+            isinstance(k, str) and _is_number(x) and x >= minimum for k, x in v.items()))
+    return Option(None, accepts, f"None or a mapping task -> number >= {minimum:g}")
