@@ -109,9 +109,10 @@ def check_nyuv2(options: Mapping[str, Any], path: str, tasks: Sequence[str] | No
                                  f"(the {split} split; layout {nyuv2.LAYOUT})")
         have = _count_npy(split_dir / "image")
         if isinstance(n, int) and n > have:
+            allowed = f"1..{have}" if have else f"a root whose {split} split has samples"
             raise ValueError(f"{path}.{split}: {n} samples asked for but nyuv2's {split} split "
                              f"has {have} ({brief(str(split_dir / 'image'))}); allowed: "
-                             f"1..{have}")
+                             f"{allowed}")
 
 
 def check_taskonomy(options: Mapping[str, Any], path: str,
