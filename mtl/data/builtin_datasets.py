@@ -57,25 +57,30 @@ def check_scenes(options: Mapping[str, Any], path: str,
 
 
 def nyuv2_split(split: str, root: str, tasks: Sequence[str] | None = None,
-                size: int | Sequence[int] | None = None) -> NYUv2:
+                size: int | Sequence[int] | None = None,
+                resize: int | Sequence[int] | None = None) -> NYUv2:
     """NYUv2's ``split``; "test" reads the val folder (the usual NYUv2 protocol)."""
-    return NYUv2(root, NYUV2_SPLIT_FOLDER[split], tasks=tasks, size=size)
+    return NYUv2(root, NYUV2_SPLIT_FOLDER[split], tasks=tasks, size=size, resize=resize)
 
 
 def taskonomy_split(split: str, root: str, split_sizes: Mapping[str, int],
                     tasks: Sequence[str] | None = None,
-                    size: int | Sequence[int] | None = None) -> Dataset:
+                    size: int | Sequence[int] | None = None,
+                    resize: int | Sequence[int] | None = None,
+                    class_weights: str | None = None) -> Dataset:
     """Taskonomy has no split folders: train, val and test are consecutive disjoint ranges
     of its samples, of ``split_sizes`` each (cut short where the samples run out)."""
-    full = Taskonomy(root, None, tasks=tasks, size=size)
+    full = Taskonomy(root, None, tasks=tasks, size=size, resize=resize,
+                     class_weights=class_weights)
     start = sum(split_sizes.get(s, 0) for s in SPLITS[:SPLITS.index(split)])
     stop = min(start + split_sizes.get(split, 0), len(full))
     return subset(full, min(start, stop), stop)
 
 
 def check_files(options: Mapping[str, Any], path: str) -> Path | None:
-    """``root`` (when given) names an existing directory; ``size`` is None, an int or (h, w).
-    Returns the root (None when not given: the signature check reports it missing)."""
+    """``root`` (when given) names an existing directory; ``size`` and ``resize`` are None,
+    an int or (h, w), not both given. Returns the root (None when not given: the signature
+    check reports it missing)."""
     root = options.get("root")
     if "root" in options and not isinstance(root, (str, os.PathLike)):
         raise ValueError(f"{path}.root: expected the directory (a string), got {brief(root)}")
@@ -85,6 +90,13 @@ def check_files(options: Mapping[str, Any], path: str) -> Path | None:
         parse_size(options.get("size"))
     except ValueError as err:
         raise ValueError(f"{path}.{err}") from None
+    try:
+        parse_size(options.get("resize"))
+    except ValueError as err:
+        raise ValueError(f"{path}.resize: {str(err).removeprefix('size: ')}") from None
+    if options.get("size") is not None and options.get("resize") is not None:
+        raise ValueError(f"{path}.resize: give either size (antialiased, mask-aware) or resize "
+                         "(the DGBA authors' bilinear image / nearest labels), not both")
     return None if root is None else Path(root)
 
 
@@ -117,7 +129,21 @@ def check_nyuv2(options: Mapping[str, Any], path: str, tasks: Sequence[str] | No
 
 def check_taskonomy(options: Mapping[str, Any], path: str,
                     tasks: Sequence[str] | None = None) -> None:
-    """`check_files`, then ``rgb`` and each asked-for task have their folder under root."""
+    """`check_files`, ``class_weights`` (when given) a readable file of 17 weights for the
+    asked-for segment_semantic, then ``rgb`` and each asked-for task have their folder."""
+    if options.get("class_weights") is not None:
+        if tasks is not None and "segment_semantic" not in tasks:
+            raise ValueError(f"{path}.class_weights: weigh segment_semantic, which is not "
+                             "among the tasks")
+        weights = options["class_weights"]
+        if not isinstance(weights, (str, os.PathLike)):
+            raise ValueError(f"{path}.class_weights: expected a .npy or .json file path, got "
+                             f"{brief(weights)}")
+        try:
+            taskonomy.read_class_weights(weights)
+        except ValueError as err:
+            raise ValueError(f"{path}.class_weights: "
+                             f"{str(err).removeprefix('taskonomy class_weights: ')}") from None
     root = check_files(options, path)
     if root is None:
         return

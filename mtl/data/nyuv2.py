@@ -108,6 +108,42 @@ def resize_sample(sample: dict[str, Tensor], size: tuple[int, int]) -> dict[str,
     return out
 
 
+def authors_resize(sample: dict[str, Tensor], size: tuple[int, int],
+                   image_mode: str = "bilinear") -> dict[str, Tensor]:
+    """Resize an unbatched sample to ``size`` = (h, w) as the DGBA / TreeMTL loaders do at
+    test time (``__scale__val__``: a resize, not a crop): the image bilinear like cv2's
+    INTER_LINEAR (half-pixel centres, no antialiasing; ``image_mode="nearest"`` for their
+    Taskonomy pre-step), every label and mask nearest like cv2's INTER_NEAREST (source pixel
+    floor(i * in / out), no blending of depths, normals or validity)."""
+    out: dict[str, Tensor] = {}
+    for key, value in sample.items():
+        if tuple(value.shape[-2:]) == tuple(size):
+            out[key] = value
+        elif key == "image" and image_mode == "bilinear":
+            out[key] = F.interpolate(value[None], size=size, mode="bilinear",
+                                     align_corners=False)[0].clamp(0.0, 1.0)
+        else:
+            shape = value.shape
+            flat = value.reshape(1, -1, *shape[-2:]).float()
+            out[key] = F.interpolate(flat, size=size, mode="nearest")[0].reshape(
+                *shape[:-2], *size).to(value.dtype)
+    return out
+
+
+def pick_resize(size: int | Sequence[int] | None, resize: int | Sequence[int] | None,
+                dataset: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(size, resize) parsed; at most one of them (two resize rules cannot both apply)."""
+    parsed_size = parse_size(size)
+    try:
+        parsed_resize = parse_size(resize)
+    except ValueError as err:
+        raise ValueError(f"{dataset} resize: {str(err).removeprefix('size: ')}") from None
+    if parsed_size is not None and parsed_resize is not None:
+        raise ValueError(f"{dataset} resize: give either size (antialiased, mask-aware resize) "
+                         "or resize (the DGBA authors' bilinear / nearest resize), not both")
+    return parsed_size, parsed_resize
+
+
 def _index(folder: Path) -> dict[int, Path]:
     files: dict[int, Path] = {}
     for path in folder.iterdir():
@@ -208,16 +244,19 @@ def load_normal(path: Path) -> tuple[Tensor, Tensor]:
 
 
 class NYUv2(Dataset):
-    """Preprocessed NYUv2 yielding the batch contract; `size=(h, w)` resizes every sample."""
+    """Preprocessed NYUv2 yielding the batch contract. ``size=(h, w)`` resizes every sample
+    (antialiased, mask-aware: `resize_sample`); ``resize=(h, w)`` instead resizes as the DGBA
+    authors do (`authors_resize`; 321 x 321 in their NYUv2 experiments)."""
 
     name = "nyuv2"
 
     def __init__(self, root: str | Path, split: str = "train", tasks: Sequence[str] | None = None,
-                 size: int | Sequence[int] | None = None) -> None:
+                 size: int | Sequence[int] | None = None,
+                 resize: int | Sequence[int] | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"nyuv2 split: got {split!r}; allowed: {list(SPLITS)}")
         self.tasks = parse_tasks(tasks, TASKS, "nyuv2")
-        self.size = parse_size(size)
+        self.size, self.resize = pick_resize(size, resize, "nyuv2")
         self.split = split
         self.task_channels = {t: {"segment_semantic": NUM_CLASSES, "depth_zbuffer": 1,
                                   "normal": 3}[t] for t in self.tasks}
@@ -275,4 +314,6 @@ class NYUv2(Dataset):
                 got = tuple(sample[key].shape[-2:])
                 raise ValueError(f"nyuv2: {self._files[mod][idx]} is {got} pixels but its image "
                                  f"{path} is {hw}; expected equal sizes")
+        if self.resize:
+            return authors_resize(sample, self.resize)
         return resize_sample(sample, self.size) if self.size else sample

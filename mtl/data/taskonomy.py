@@ -15,12 +15,21 @@ Conventions (Taskonomy's own):
 - segment_semantic: 8-bit class ids, 0 = unlabelled -> 255; ids 1..17 -> 0..16 (17 classes).
 - edge_texture, keypoints2d: 16-bit, /65535 -> [0, 1].
 
+Resizing: ``size`` is the antialiased, mask-aware resize of every sample; ``resize`` is the
+DGBA / TreeMTL test-time protocol (224 x 224 in the paper): every map nearest to 256 x 256
+first, as their loader does, then the image bilinear and the labels nearest to ``resize``
+(`authors_resize`). ``class_weights`` (a .npy or .json of 17 numbers, e.g. the authors'
+``semseg_prior_factor.npy``) makes ``segment_semantic_mask`` the per-pixel weight w[label]
+(0 where unlabelled), the weights their class-weighted cross-entropy uses.
+
 split: None = every building; a list of building names; or a text file with one building per
 line (`#` comments allowed), given as a path or as a name `s` meaning `{root}/{s}.txt` (so
 `get_dataset("taskonomy", "train", root=r)` reads `r/train.txt`).
 """
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +40,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mtl.data.nyuv2 import parse_size, parse_tasks, resize_sample
+from mtl.data.nyuv2 import authors_resize, parse_tasks, pick_resize, resize_sample
 
 TASKS = ("segment_semantic", "depth_zbuffer", "normal", "edge_texture", "keypoints2d")
 NUM_CLASSES = 17
@@ -41,6 +50,7 @@ IGNORE = 255
 LAYOUT = "{root}/{rgb,<task>}/{building}/point_<p>_view_<v>_domain_<domain>.png"
 _NAME = re.compile(r"^point_(\d+)_view_(\d+)_domain_[A-Za-z0-9_]+\.png$")
 _MODES_16 = ("I;16", "I;16B", "I;16L", "I")
+AUTHORS_BASE = (256, 256)  # their loader's first, nearest resize of every Taskonomy map
 
 Key = tuple[str, int, int]  # (building, point, view)
 
@@ -166,14 +176,47 @@ def load_unit16(path: Path) -> Tensor:
     return torch.from_numpy((arr / 65535.0).astype(np.float32))[None]
 
 
+def read_class_weights(path: str | Path) -> Tensor:
+    """The 17 segmentation class weights in a .npy (numeric, no pickles) or .json (a list of
+    numbers) file: finite, >= 0, not all 0. One ValueError naming the file otherwise."""
+    p = Path(path)
+    expected = f"{NUM_CLASSES} finite numbers >= 0 (one per class), not all 0"
+    try:
+        if p.suffix == ".json":
+            values = json.loads(p.read_text())
+        elif p.suffix == ".npy":
+            values = np.load(p, allow_pickle=False).tolist()
+        else:
+            raise ValueError("expected a .npy or .json file")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"taskonomy class_weights: cannot read {p}: {err}") from None
+    if isinstance(values, list) and len(values) == 1 and isinstance(values[0], list):
+        values = values[0]  # a 1 x 17 array
+    if not isinstance(values, list) or len(values) != NUM_CLASSES or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v >= 0 for v in values) or not any(values):
+        raise ValueError(f"taskonomy class_weights: {p} holds {str(values)[:80]}; expected "
+                         f"{expected}")
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def weight_mask(labels: Tensor, weights: Tensor) -> Tensor:
+    """w[label] per pixel as float32, 0 where the label is ignored (255)."""
+    valid = labels != IGNORE
+    return torch.where(valid, weights[torch.where(valid, labels, 0)], 0.0)
+
+
 class Taskonomy(Dataset):
-    """Taskonomy folders yielding the batch contract; `size=(h, w)` resizes every sample."""
+    """Taskonomy folders yielding the batch contract; ``size`` / ``resize`` / ``class_weights``
+    as the module docstring says."""
 
     name = "taskonomy"
 
     def __init__(self, root: str | Path, split: str | Sequence[str] | None = None,
                  tasks: Sequence[str] | None = None,
-                 size: int | Sequence[int] | None = None) -> None:
+                 size: int | Sequence[int] | None = None,
+                 resize: int | Sequence[int] | None = None,
+                 class_weights: str | Path | None = None) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"taskonomy root: {root} is not a directory (layout {LAYOUT})")
@@ -183,7 +226,13 @@ class Taskonomy(Dataset):
                 raise FileNotFoundError(f"taskonomy: no task folder ({', '.join(TASKS)}) under "
                                         f"{root} (layout {LAYOUT})")
         self.tasks = parse_tasks(tasks, TASKS, "taskonomy")
-        self.size = parse_size(size)
+        self.size, self.resize = pick_resize(size, resize, "taskonomy")
+        self.class_weights = None
+        if class_weights is not None:
+            if "segment_semantic" not in self.tasks:
+                raise ValueError("taskonomy class_weights: weigh segment_semantic, which is not "
+                                 f"among the tasks {list(self.tasks)}")
+            self.class_weights = read_class_weights(class_weights)
         self.buildings = _read_split(split, root)
         self.root = root
         self.task_channels = {t: NUM_CLASSES if t == "segment_semantic" else
@@ -222,4 +271,12 @@ class Taskonomy(Dataset):
             if tuple(sample[task].shape[-2:]) != hw:
                 raise ValueError(f"taskonomy: {p} is {tuple(sample[task].shape[-2:])} pixels but "
                                  f"its rgb {path} is {hw}; expected equal sizes")
-        return resize_sample(sample, self.size) if self.size else sample
+        if self.resize:
+            sample = authors_resize(authors_resize(sample, AUTHORS_BASE, image_mode="nearest"),
+                                    self.resize)
+        elif self.size:
+            sample = resize_sample(sample, self.size)
+        if self.class_weights is not None:
+            sample["segment_semantic_mask"] = weight_mask(sample["segment_semantic"],
+                                                          self.class_weights)
+        return sample
