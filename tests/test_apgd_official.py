@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl.attacks import attack, validate_attack
+from mtl.attacks import AttackSpec, attack, validate_attack, with_dataset_clean_losses
 from mtl.attacks.apgd import APGD
 from mtl.attacks.apgd_official import dataset_clean_losses, official_checkpoints
 from mtl.attacks.context import AttackContext
@@ -216,6 +216,15 @@ def test_clean_losses_from_the_evaluation_set():
     assert C[DEPTH] == pytest.approx((float(means[0][1]) + float(means[1][1])) / 2, rel=1e-12)
     with pytest.raises(ValueError, match="clean_losses: no value"):
         _ours(model, batches[0], "dgba", clean_losses={SEG: 1.0})
+    official = {"variant": "official"}
+    specs = [AttackSpec("apgd", "dgba", 8, 10, official), AttackSpec("apgd", "total", 8, 10,
+                                                                      official),
+             AttackSpec("pgd", "dgba", 8, 10), AttackSpec("apgd", "dgba", 8, 10,
+                                                          {**official, "clean_losses": C})]
+    filled = with_dataset_clean_losses(specs, model, batches, TASKS)
+    assert filled[0].options["clean_losses"] == C and filled[3] is specs[3]
+    assert filled[1:3] == specs[1:3]
+    assert with_dataset_clean_losses(specs[1:3], model, [], TASKS) == specs[1:3]  # no pass
 
 
 def test_option_rules():

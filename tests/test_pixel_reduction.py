@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl.attacks import AttackSpec, attack, validate_attack
+from mtl.attacks import AttackSpec, accepted_options, attack, validate_attack
 from mtl.attacks.context import AttackContext, forward_losses
 from mtl.attacks.registry import get_objective
 from mtl.models import Layout, build_model
@@ -164,3 +164,12 @@ def test_reduction_is_an_option_of_total_and_single_only():
     assert AttackSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="reduction"):
         forward_losses(torch.nn.Identity(), torch.zeros(1), {}, (), "mean")
+
+
+def test_shared_sweep_options_reach_the_pairs_that_take_them():
+    shared = {"reduction": "pixel", "variant": "official", "denominator": "current"}
+    assert accepted_options("apgd", "total", shared) == {"reduction": "pixel",
+                                                         "variant": "official"}
+    assert accepted_options("pgd", f"single:{SEG}", shared) == {"reduction": "pixel"}
+    assert accepted_options("ifgsm", "dgba", shared) == {"denominator": "current"}
+    assert accepted_options("fgsm", "signsum", shared) == {}

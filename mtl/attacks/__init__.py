@@ -11,20 +11,22 @@ from __future__ import annotations
 # Built-ins register themselves on import (objectives first: the registry keeps their order).
 from mtl.attacks import objectives, dgba, minmax  # noqa: F401  isort: skip
 from mtl.attacks import fgsm, pgd, mifgsm, apgd  # noqa: F401  isort: skip
+from mtl.attacks.apgd_official import dataset_clean_losses, with_dataset_clean_losses
 from mtl.attacks.attack_fn import attack
 from mtl.attacks.attack_object import Attack
 from mtl.attacks.base import AttackMethod
 from mtl.attacks.inputs import attacked_tasks
 from mtl.attacks.objective import Objective
 from mtl.attacks.options import Option
-from mtl.attacks.registry import (METHODS, OBJECTIVES, available_objectives, method_names,
-                                  objective_names, register_method, register_objective,
-                                  validate_attack)
+from mtl.attacks.registry import (METHODS, OBJECTIVES, accepted_options, available_objectives,
+                                  method_names, objective_names, register_method,
+                                  register_objective, validate_attack)
 from mtl.attacks.spec import AttackSpec
 
 __all__ = ["Attack", "AttackMethod", "AttackSpec", "METHODS", "OBJECTIVES", "Objective",
-           "Option", "attack", "attack_tasks", "available_objectives", "method_names",
-           "objective_names", "register_method", "register_objective", "validate_attack"]
+           "Option", "accepted_options", "attack", "attack_tasks", "available_objectives",
+           "dataset_clean_losses", "method_names", "objective_names", "register_method",
+           "register_objective", "validate_attack", "with_dataset_clean_losses"]
 
 
 attack_tasks = attacked_tasks  # the earlier name

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from mtl.attacks.context import LOSS_FLOOR, AttackContext, forward_losses
 from mtl.attacks.inputs import model_device
 from mtl.attacks.objective import Objective
+from mtl.attacks.spec import AttackSpec
 
 TASK_MEAN_OBJECTIVES = ("total", "single", "signsum")  # f = sum_t of the batch-mean losses
 
@@ -75,6 +76,23 @@ def dataset_clean_losses(model: nn.Module, batches: Iterable[Mapping[str, Tensor
     if count == 0:
         raise ValueError("batches: yielded no batch; C_t needs the evaluation set")
     return {t: float(v) / count for t, v in zip(tasks, totals)}
+
+
+def with_dataset_clean_losses(specs: Sequence[AttackSpec], model: nn.Module,
+                              batches: Iterable[Mapping[str, Tensor]], tasks: Sequence[str]
+                              ) -> list[AttackSpec]:
+    """`specs` where each official-APGD DGBA spec without `clean_losses` gets C_t computed once
+    over `batches` (the evaluation set, iterated once more) with `dataset_clean_losses`."""
+    def wants(spec: AttackSpec) -> bool:
+        return (spec.canonical_method == "apgd" and spec.objective == "dgba"
+                and spec.options.get("variant") == "official"
+                and spec.options.get("clean_losses") is None)
+
+    if not any(wants(s) for s in specs):
+        return list(specs)
+    clean = dataset_clean_losses(model, batches, tasks)
+    return [AttackSpec(s.method, s.objective, s.eps, s.steps,
+                       {**s.options, "clean_losses": clean}) if wants(s) else s for s in specs]
 
 
 def _baseline(ctx: AttackContext, clean_losses: Mapping[str, float] | None) -> Tensor:

@@ -103,6 +103,14 @@ def get_objective(objective: str) -> Objective:
     return _OBJECTIVES[split_objective(objective)[0]]
 
 
+def accepted_options(method: str, objective: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of `options` that `method` with `objective` declares: a sweep's shared attack
+    options reach every method x objective pair that takes them (e.g. `variant` only `apgd`,
+    `reduction` only `total` / `single:<task>`). KeyError for an unknown method or objective."""
+    allowed = {**get_method(method).option_specs, **get_objective(objective).option_specs}
+    return {k: v for k, v in options.items() if k in allowed}
+
+
 def _objective_problem(objective: Any, tasks: Sequence[str]) -> str | None:
     kind, task = split_objective(objective) if isinstance(objective, str) else (None, None)
     obj = _OBJECTIVES.get(kind) if kind is not None else None
