@@ -19,6 +19,7 @@ from typing import Any
 from mtl.config.paths import get_path, pop_path, reroot, set_path
 from mtl.config.reading import ConfigError, as_list, brief, check_unique, fail
 from mtl.config.run import RUN_KEYS, RunConfig, parse_run_config
+from orchestrator.results_schema import TABLES, columns
 
 # Legacy list spellings: (where the list is written, the field one trial gets).
 LEGACY = (("adv_train", "adv_train"), ("training.optimizer", "training.optimizer"),
@@ -79,9 +80,19 @@ def parse_axes(raw: Any, base: Mapping, legacy: Sequence[Axis]) -> list[Axis]:
             fail(where, f"{path} is already swept by {taken[path]}")
         items = as_list(values, where)
         check_unique(items, where)
-        out.append(Axis(path, tuple(items), where, None if path == "adv_train" else path))
+        out.append(Axis(path, tuple(items), where, None if path == "adv_train" else
+                        column_name(path)))
         taken[path] = where
     return out
+
+
+_CORE_COLUMNS = frozenset(name for table in TABLES for name, _, _ in columns(table))
+
+
+def column_name(path: str) -> str:
+    """An axis' results column: its dotted path, or ``<path>.json`` where the path is a core
+    column's name (a whole ``model`` or ``dataset`` section swept as one value)."""
+    return f"{path}.json" if path in _CORE_COLUMNS else path
 
 
 def with_values(base: Mapping, values: Mapping[str, Any]) -> dict:

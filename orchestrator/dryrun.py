@@ -44,20 +44,6 @@ def _scratch_cache() -> Iterator[None]:
                 os.environ["MTLSWEEP_CACHE"] = old
 
 
-def check_storage(storage: str | None) -> None:
-    """The storage must be (or be creatable in) a writable directory; URIs are not probed."""
-    if storage is None or "://" in storage:
-        return
-    path = os.path.abspath(storage)
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ConfigError(f"storage: {probe!r} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"storage: {probe!r} is not writable")
-
-
 def _model_path(run: RunConfig) -> str:
     return "model.factory" if run.model["source"] != DEFAULT_MODEL else "model"
 
@@ -107,7 +93,6 @@ def probe_run(run: RunConfig) -> dict[str, Any]:
 
 def dry_run(spec: SweepSpec) -> str:
     """Check ``spec`` as far as possible without training; the printed grid on success."""
-    check_storage(spec.storage)
     with _scratch_cache():
         facts = probe_run(spec.run)
     lines = [describe(spec), f"trials: {spec.num_grid_trials()}"

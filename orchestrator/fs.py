@@ -1,18 +1,19 @@
 """Local paths and URIs through one door: pyarrow's filesystems (no torch, no Ray here, so
-the light commands stay light)."""
+the light commands stay light). What a storage string means is `mtl.config.locations`' rule."""
 from __future__ import annotations
 
 import os
 
 import pyarrow.fs as pafs
 
+from mtl.config.locations import local_path as _local
+
 
 def local_path(storage: str) -> str | None:
-    """The local path of ``storage`` (a path or file:// URI), or None for a remote URI."""
-    if "://" not in storage:
-        return os.path.abspath(storage)
-    scheme, rest = storage.split("://", 1)
-    return rest if scheme == "file" else None  # no network call to classify a URI
+    """The absolute local path of ``storage`` (a path, file:// or local:// URI), or None
+    for a remote URI."""
+    path = _local(storage)
+    return os.path.abspath(path) if path is not None else None
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:

@@ -6,11 +6,12 @@ results_reading.py). Writing is in orchestrator/results.py.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
+
+from mtl.config.names import NAME_RULE, TMP_MARKER, name_problem  # TMP_MARKER: re-exported
 
 SCHEMA_VERSION = 3
 """Bump when a column is added, removed or changes meaning; readers fill missing ones with null.
@@ -28,7 +29,6 @@ SWEEP_KEY = b"mtlsweep.sweep"
 TRIAL_KEY = b"mtlsweep.trial_id"
 ATTEMPT_KEY = b"mtlsweep.attempt"
 AXIS_KEY = b"mtlsweep.axis"  # field metadata marking a sweep-axis column
-TMP_MARKER = ".tmp-"
 KEY_COLUMNS: tuple[str, ...] = ("sweep", "trial_id", "attempt")
 """A file's key: one file per (sweep, trial_id, attempt) and table, stated inside the file."""
 
@@ -124,15 +124,12 @@ def check_table(table: str) -> None:
 
 
 # --- validation ---------------------------------------------------------------------------------
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+\-]*$")
-
-
 def check_name(field: str, value: Any) -> str:
-    """``value`` if it is a safe file-name part (a sweep or trial id), else a ValueError."""
-    if not isinstance(value, str) or not _SAFE_NAME.match(value) or TMP_MARKER in value:
-        raise ValueError(
-            f"{field} must be a non-empty name of letters, digits and _ . = + - (not starting "
-            f"with a dot or dash, no '{TMP_MARKER}'); got {value!r}")
+    """``value`` if it is a safe file-name part (a sweep or trial id: the one rule of
+    `mtl.config.names`), else a ValueError naming ``field``."""
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{field}: {problem}; allowed: {NAME_RULE}")
     return value
 
 

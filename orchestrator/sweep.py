@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 from orchestrator import record
 from orchestrator.record import RecordError
 from orchestrator.results_reading import scan_results
-from orchestrator.spec import SpecError, SweepSpec, parse_spec
+from orchestrator.spec import DEFAULT_STORAGE, SpecError, SweepSpec, parse_spec
 from orchestrator.exits import SweepInterrupted
 from orchestrator.fs import filesystem
 from orchestrator.store import model_store_dir
@@ -68,7 +68,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, address: str | Non
     (the demo's rule); ``new_name`` picks ``<name>-N`` when the name holds another spec."""
     # Absolute before it reaches a trial: Ray runs each trial in its own working directory,
     # where a relative path would silently scatter the results.
-    storage = storage_uri(storage or spec.storage or "runs")
+    storage = storage_uri(storage or spec.storage or DEFAULT_STORAGE)
     spec = dataclasses.replace(spec, storage=storage)
     if new_name:
         spec = dataclasses.replace(spec, name=free_name(spec, storage))

@@ -254,3 +254,19 @@ def test_full_disk_fails_cleanly_and_resume_recovers_every_row(local_ray, tmp_pa
         assert per_trial.n_unique() == 1  # every trial has all of its rows
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_whole_section_axis_gets_its_own_column_beside_the_core_one(tmp_path):
+    """`axes: {model: [...]}` sweeps whole model sections; its column may not shadow the
+    core `model` column (the model's source), so it is `model.json`."""
+    from orchestrator.spec import parse_spec
+    from orchestrator.trial import execute_trial, trial_configs
+    raw = tiny(axes={"model": [{"width": 4}, {"width": 6}]},
+               training={**tiny()["training"], "epochs": 1, "keep_epochs": [1], "seeds": [0]})
+    spec = parse_spec(raw, name="sections", storage=str(tmp_path))
+    assert [a.column for a in spec.axes if a.path == "model"] == ["model.json"]
+    for trial in trial_configs(spec):
+        execute_trial(trial, storage=str(tmp_path), store_dir="")
+    rows = read_results(tmp_path / "sections").collect()
+    assert set(rows["model"]) == {"resnet"}
+    assert set(rows["model.json"]) == {'{"width": 4}', '{"width": 6}'}

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from mtl.config.limits import MAX_SEED
 from mtl.config.reading import (as_bool, as_choice, as_float, as_int, check_unique, fail,
                                 join)
 from mtl.train.adversarial import AdvTrainConfig
@@ -22,7 +23,6 @@ from mtl.train.sharpness import SharpnessConfig
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 10_000
 MAX_MOMENTUM = 0.999
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes an int64
 
 
 @dataclass(frozen=True)
