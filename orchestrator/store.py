@@ -17,6 +17,7 @@ attempt wrote them.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -82,6 +83,9 @@ def next_attempt(storage: str, sweep: str, trial_id: str) -> int:
 
 
 TARGET_KEYS = ("layout", "seed", "adv_train", "rho", "optimizer", "epochs")
+MAX_TARGETS = 1_000
+"""Transfer targets of one sweep: each is a model trained into the store and scored on every
+attack of every kept epoch of every trial, and list values in an entry multiply."""
 # A target entry's key -> the run-config path it sets.
 _TARGET_PATHS = {"layout": "model.layout", "seed": "training.seed", "adv_train": "adv_train",
                  "rho": "training.rho", "optimizer": "training.optimizer",
@@ -104,6 +108,10 @@ def parse_targets(raw: Any, spec: "SweepSpec") -> tuple[dict, ...]:
         e = Node(entry, path, TARGET_KEYS)
         lists = {key: as_list(e.get(key, defaults.get(key)), f"{path}.{key}")
                  for key in TARGET_KEYS if key in e.value or key in defaults}
+        count = len(out) + math.prod(len(v) for v in lists.values())
+        if count > MAX_TARGETS:
+            fail(path, f"{count} transfer targets so far (list values multiply); allowed: at "
+                 f"most {MAX_TARGETS}")
         for combo in itertools.product(*lists.values()):
             values = dict(zip(lists, combo))
             overrides = {"model.layout": None,  # default: the model's own (fully shared)

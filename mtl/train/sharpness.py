@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from mtl.config.limits import MAX_SAMPLES, MAX_SEED, MAX_STEPS
+from mtl.config.reading import brief
 from mtl.models.outputs import task_outputs
 from mtl.models.task_model import as_task_model
 from mtl.tasks import task_loss
@@ -55,11 +57,13 @@ class SharpnessConfig:
 
     def validate(self) -> None:
         """Raise one ValueError naming the first bad field and its allowed values."""
-        for name, low in (("num_samples", 1), ("power_iters", 1), ("hutchinson_samples", 0),
-                          ("ascent_steps", 1), ("seed", 0)):
+        for name, low, high in (("num_samples", 1, MAX_SAMPLES), ("power_iters", 1, MAX_STEPS),
+                                ("hutchinson_samples", 0, MAX_STEPS),
+                                ("ascent_steps", 1, MAX_STEPS), ("seed", 0, MAX_SEED)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"sharpness.{name}: must be an int >= {low}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise ValueError(f"sharpness.{name}: must be an int in {low}..{high}, "
+                                 f"got {brief(v)}")
         for name in ("rho", "tol"):
             v = getattr(self, name)
             if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
