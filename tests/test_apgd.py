@@ -1,5 +1,6 @@
-"""APGD: checkpoint schedule, per-sample step-size control (vs the official DGBA code's one
-scalar per batch), best-iterate return."""
+"""APGD (default variant, Croce & Hein): checkpoint schedule, per-sample step-size control (vs
+per_sample=False, one batch-mean value), best-iterate return. The DGBA authors' loop, variant
+"official", is tested in test_apgd_official.py."""
 from __future__ import annotations
 
 import pytest
@@ -43,8 +44,8 @@ def run_apgd(model, batch, objective="dgba", steps=20, **options) -> tuple[APGD,
 
 
 def test_step_size_is_tracked_per_sample(model):
-    """Within one batch some samples halve their step size more often than others; the
-    batch-scalar variant (the official DGBA code) halves all samples together."""
+    """Within one batch some samples halve their step size more often than others; with
+    per_sample=False (one batch-mean value) all samples halve together."""
     batch = make_batch()
     per_sample, _ = run_apgd(model, batch)
     eta = per_sample.eta
