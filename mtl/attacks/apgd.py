@@ -42,7 +42,8 @@ VARIANTS = ("croce_hein", "official")
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
-    """Iteration counts at which APGD checks its conditions (official integer rounding)."""
+    """Iteration counts at which APGD checks its conditions (Croce & Hein's integer rounding;
+    the DGBA authors' ceil rounding with 0 is `apgd_official.official_checkpoints`)."""
     first = max(int(0.22 * steps), 1)
     decrement, minimum = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
     points, gap, at = [], first, first
