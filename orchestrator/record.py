@@ -174,11 +174,13 @@ def write_trial_info(exp_dir: str, trial_id: str, info: Mapping[str, Any]) -> No
 
 
 def set_status(exp_dir: str, trial_id: str, status: str, reason: str = "",
-               attempt: int | None = None) -> None:
+               traceback: str = "") -> None:
+    """The trial's outcome; a failure keeps its one-line reason and its traceback (what the
+    console leaves out)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
     write_json(_join(trial_dir(exp_dir, trial_id), "status.json"),
-               {"status": status, "reason": reason[:2000], "attempt": attempt})
+               {"status": status, "reason": reason[:2000], "traceback": traceback[-20000:]})
 
 
 def clear_status(exp_dir: str, trial_id: str) -> None:

@@ -298,7 +298,8 @@ def _outcome(spec: SweepSpec, exp_dir: str, total: int, skipped: int, grid: Any
     for result in grid:  # an error whose status could not be written (e.g. a full disk)
         trial_id = os.path.basename(str(result.path).rstrip("/"))
         if result.error is not None and trial_id not in done:
-            failed.setdefault(trial_id, f"{type(result.error).__name__}: {result.error}")
+            cause = getattr(result.error, "cause", None) or result.error  # Ray's wrapper
+            failed.setdefault(trial_id, f"{type(cause).__name__}: {cause}")
     outcome = SweepOutcome(
         experiment_dir=exp_dir, results_dir=f"{exp_dir}/results", trials=total,
         finished=sum(states[t]["status"] == "finished" for t in done),

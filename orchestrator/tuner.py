@@ -10,9 +10,11 @@ the scheduler only: trials keep their state and status in the sweep record.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
+import traceback
 from typing import Any
 
 from mtl.train import NonFiniteLossError
@@ -51,7 +53,8 @@ def tune_trainable(config: dict, context: dict) -> None:
             tune.report({"failed": 1})
             return
         except Exception as err:
-            record.set_status(exp_dir, trial_id, "failed", f"{type(err).__name__}: {err}")
+            record.set_status(exp_dir, trial_id, "failed", f"{type(err).__name__}: {err}",
+                              traceback.format_exc())
             raise
     record.set_status(exp_dir, trial_id, "finished")
     record.delete_dir(trial_state.state_dir(exp_dir, trial_id))  # the rows are the record
@@ -222,6 +225,24 @@ def storage_uri(storage: str) -> str:
     return storage if "://" in storage else os.path.abspath(storage)
 
 
+class OneLineTrialErrors(logging.Filter):
+    """Tune logs each failed trial attempt with its whole traceback; the console gets one line
+    (the reason) and the traceback is kept in the trial's ``status.json``."""
+
+    def filter(self, entry: logging.LogRecord) -> bool:
+        if entry.exc_info and entry.getMessage().startswith("Trial task failed"):
+            err = entry.exc_info[1]
+            cause = getattr(err, "cause", None) or err
+            first = (str(cause).strip().splitlines() or [""])[0][:300]
+            entry.msg = (f"{entry.getMessage()}: {type(cause).__name__}: {first} (traceback "
+                         "in the trial's status.json)")
+            entry.args, entry.exc_info, entry.exc_text = (), None, None
+        return True
+
+
+_TRIAL_ERRORS = OneLineTrialErrors()
+
+
 def fit(spec: SweepSpec, run: dict, points: list[dict] | None, num_samples: int | None = None,
         seed_offset: int = 0) -> Any:
     """Run a fresh Tuner over ``points`` (a grid's remaining trials) or ``num_samples``
@@ -229,6 +250,7 @@ def fit(spec: SweepSpec, run: dict, points: list[dict] | None, num_samples: int 
     directory that is removed afterwards: the sweep's record is mtlsweep's own."""
     from ray import tune
     tune_dir = tempfile.mkdtemp(prefix="mtlsweep-tune-")
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(_TRIAL_ERRORS)
     try:
         trainable, tune_config, run_config = tuner_parts(spec, tune_dir, num_samples,
                                                          seed_offset)
