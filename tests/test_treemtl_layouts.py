@@ -25,10 +25,9 @@ def treemtl_reference(num_tasks: int, num_blocks: int) -> list[list[list[set[int
 
     def divide(task_set: set[int]) -> list[list[set[int]]]:
         out = []
-        members = sorted(task_set)
-        for pattern in itertools.product([True, False], repeat=len(members)):
-            if pattern[0] is False and sum(pattern) != 0:
-                first = {t for t, p in zip(members, pattern) if p}
+        for pattern in itertools.product([True, False], repeat=len(task_set)):
+            if pattern[0] is False and sum(pattern) != 0:  # a Python set's own order, as theirs
+                first = {t for t, p in zip(task_set, pattern) if p}
                 out.append([first, task_set - first])
         return out
 

@@ -12,7 +12,8 @@ The rules that fix the order (they decide which index is which):
 
 * blocks are visited from the last cut's block upward; within a block, the task sets in the
   order they were created (a cut removes its set and appends the two halves);
-* the two-way splits of a set ``e0 < e1 < ... < e(n-1)`` are listed by the membership pattern
+* the two-way splits of a set ``e0 < e1 < ... < e(n-1)`` (TreeMTL walks Python sets of small
+  task indices, which iterate in ascending order) are listed by the membership pattern
   of ``e1..e(n-1)`` in the *first* half (``e0`` always goes to the second half), patterns in
   the order "member" before "non-member", position by position, the empty first half skipped;
   the new block lists the first half, then the second.
