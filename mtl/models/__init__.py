@@ -1,5 +1,7 @@
-"""Sharing layouts (task trees over backbone blocks), the multi-task network built from one,
-and the model registry (built-in and users' model factories, see mtl.models.registry).
+"""Sharing layouts (task trees over backbone blocks; TreeMTL's index order in
+mtl.models.treemtl), the multi-task network built from one, the DGBA paper's Deeplab-ResNet-34
+tree (mtl.models.deeplab, registered as ``deeplab_resnet34``) and the model registry (built-in
+and users' model factories, see mtl.models.registry).
 
 `Layout` and `enumerate_layouts` are pure Python; the network and the registry (torch) are
 imported on first use, so layout-only users (the CLI's `layouts` command, analysis) never pay
