@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtl.attacks import AttackSpec, attack
+from mtl.attacks import AttackSpec, attack, with_dataset_clean_losses
 from mtl.models.outputs import task_outputs
 from mtl.models.task_model import as_task_model
 from mtl.tasks import get_task, metric_relative_change, new_metrics, relative_change
@@ -176,6 +176,19 @@ def _craft(model: nn.Module, batch: Mapping[str, Any], spec: AttackSpec) -> Tens
                   steps=spec.steps, **dict(spec.options))
 
 
+def _with_clean_losses(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
+                       specs: list[AttackSpec]) -> list[AttackSpec]:
+    """The specs to craft with: the DGBA authors' APGD needs each task's clean loss over the
+    whole evaluation set (C_t), computed once here; rows keep the options the user gave."""
+    if not any(s.options.get("variant") == "official" for s in specs):
+        return specs  # nothing to compute: no extra pass over the loader
+    first = next(iter(loader), None)
+    if first is None:
+        return specs
+    tasks = _eval_tasks(model, _to(first, _device(model)), None)
+    return with_dataset_clean_losses(specs, model, loader, tasks)
+
+
 def evaluate_attacks(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
                      specs: Sequence[AttackSpec], *, tasks: Sequence[str] | None = None,
                      progress: bool = False) -> Rows:
@@ -184,6 +197,7 @@ def evaluate_attacks(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
     `tasks` names the tasks of a model without a `tasks` attribute."""
     model = as_task_model(model, tasks)
     specs = _validated(specs, model.tasks)
+    crafted = _with_clean_losses(model, loader, specs)
     clean, advs = None, None
     for i, batch in enumerate(loader):
         batch = _to(batch, _device(model))
@@ -191,7 +205,7 @@ def evaluate_attacks(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
             tasks = _eval_tasks(model, batch, None)
             clean, advs = _Scorer(model, tasks), [_Scorer(model, tasks) for _ in specs]
         clean.update(batch["image"], batch)
-        for spec, scorer in zip(specs, advs):
+        for spec, scorer in zip(crafted, advs):
             scorer.update(_craft(model, batch, spec), batch)
         _progress(progress, "attacks", i)
     if clean is None:
@@ -250,6 +264,7 @@ def evaluate_transfer(surrogate: nn.Module, targets: Mapping[str, nn.Module],
     surrogate = _task_model(surrogate, tasks)
     targets = {tid: _task_model(target, tasks) for tid, target in targets.items()}
     specs = _validated(specs, surrogate.tasks)
+    crafted = _with_clean_losses(surrogate, loader, specs)
     ids = list(targets)
     clean: dict[str, _Scorer] = {}
     advs: dict[str, list[_Scorer]] = {}
@@ -271,7 +286,7 @@ def evaluate_transfer(surrogate: nn.Module, targets: Mapping[str, nn.Module],
                 correct = ok if correct is None else correct & ok
         if correct is not None:
             counted += int(correct.sum())
-        for s, spec in enumerate(specs):
+        for s, spec in enumerate(crafted):
             adv = _craft(surrogate, batch, spec)
             for tid in ids:
                 preds = advs[tid][s].update(adv, _to(batch, _device(targets[tid])))

@@ -31,12 +31,17 @@ LossSums = Callable[..., tuple[Tensor, Tensor]]
 
 def masked_sums(per_pixel: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample sum of `per_pixel` [B,...] over `valid` and the number of valid entries
-    (in `per_pixel`'s dtype); a [B] input is one 'pixel' per sample."""
+    (in `per_pixel`'s dtype); a [B] input is one 'pixel' per sample. A floating `valid` is a
+    per-pixel weight: the weighted sum and the sum of weights (a weighted mean follows)."""
     zero = torch.zeros((), dtype=per_pixel.dtype, device=per_pixel.device)
-    kept = torch.where(valid, per_pixel, zero)
+    if valid.dtype == torch.bool:
+        kept, weight = torch.where(valid, per_pixel, zero), valid.to(per_pixel.dtype)
+    else:  # per-pixel weights (e.g. Taskonomy's class weights): a weighted sum and count
+        weight = valid.to(per_pixel.dtype)
+        kept = torch.where(weight > 0, per_pixel * weight, zero)
     flat = kept.flatten(1) if kept.dim() > 1 else kept[:, None]
-    flat_valid = valid.flatten(1) if valid.dim() > 1 else valid[:, None]
-    return flat.sum(dim=1), flat_valid.sum(dim=1).to(per_pixel.dtype)
+    flat_weight = weight.flatten(1) if weight.dim() > 1 else weight[:, None]
+    return flat.sum(dim=1), flat_weight.sum(dim=1)
 
 
 def masked_mean(per_pixel: Tensor, valid: Tensor) -> Tensor:
@@ -64,7 +69,9 @@ def _check_pair(task: str, pred: Tensor, target: Tensor, channels: int | None) -
 
 def segmentation_pixels(pred: Tensor, target: Tensor, mask: Tensor | None = None
                         ) -> tuple[Tensor, Tensor]:
-    """Per-pixel cross-entropy [B,H,W]; valid where the label is not 255 and the mask True."""
+    """Per-pixel cross-entropy [B,H,W]; valid where the label is not 255 and the mask True.
+    A floating mask holds per-pixel weights (Taskonomy's class weights, as the DGBA authors'
+    loss): the second value is then the weight map (0 where invalid) for a weighted mean."""
     if pred.dim() != 4 or target.dim() != 3 or pred.shape[0] != target.shape[0] \
             or pred.shape[2:] != target.shape[1:]:
         raise ValueError(f"segment_semantic: pred must be [B,C,H,W] and target [B,H,W] with the "
@@ -72,7 +79,11 @@ def segmentation_pixels(pred: Tensor, target: Tensor, mask: Tensor | None = None
     target = target.long()
     valid = (target != IGNORE_INDEX) & broadcast_mask(mask, tuple(target.shape), pred.device,
                                                       "segment_semantic_mask")
-    return F.cross_entropy(pred, torch.where(valid, target, 0), reduction="none"), valid
+    per_pixel = F.cross_entropy(pred, torch.where(valid, target, 0), reduction="none")
+    if mask is not None and mask.is_floating_point():  # class weights: a weighted CE
+        weights = mask[:, 0] if mask.dim() == 4 else mask
+        return per_pixel, torch.where(valid, weights.to(per_pixel.device, per_pixel.dtype), 0.0)
+    return per_pixel, valid
 
 
 def segmentation_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -60,7 +60,7 @@ def test_the_paper_settings_are_what_the_file_says(name, tmp_path):
     assert list(spec.layouts) == [str(Layout.from_treemtl_index(i, tasks)) for i in indices]
     attacks = spec.attacks["specs"]
     assert sorted({a["eps"] for a in attacks}) == [*range(1, 11), 12, 14, 16]
-    assert {a["method"] for a in attacks} == {"fgsm", "pgd"}
+    assert {a["method"] for a in attacks} == {"fgsm", "pgd", "apgd"}
     assert {a["steps"] for a in attacks if a["method"] == "pgd"} == {10}
     assert {a["objective"].split(":")[0] for a in attacks} == {"single", "total", "signsum",
                                                                "dgba"}

@@ -218,3 +218,24 @@ def test_success_rate_counts_on_five_images_by_hand():
                              [AttackSpec("fgsm", "total", 8, 1)], tasks=["scene_class"])
     (rate,) = [r for r in none if r["metric"] == "success_rate"]
     assert (rate["adv"], rate["numerator"], rate["denominator"], rate["n"]) == (None, 0, 0, 0)
+
+
+def test_official_apgd_dgba_is_crafted_with_the_evaluation_sets_clean_losses():
+    """The DGBA authors' APGD scores DGBA against C_t, each task's clean loss over the whole
+    evaluation set: evaluate_attacks computes it once and crafts every batch with it (the
+    same images as giving clean_losses by hand); the rows keep the options the user gave."""
+    from mtl.attacks import dataset_clean_losses
+    model, loader = make_model(1).eval(), make_loader(n_batches=2)
+    spec = AttackSpec("apgd", "dgba", 8.0, 10, {"variant": "official"})
+    rows = evaluate_attacks(model, loader, [spec])
+    assert {r["attack_options"] for r in rows} == {'{"variant":"official"}'}
+    c_t = dataset_clean_losses(model, loader, list(TASKS))
+    by_hand = AttackSpec("apgd", "dgba", 8.0, 10, {"variant": "official", "clean_losses": c_t})
+    want = {(r["task"], r["metric"]): r["adv"] for r in evaluate_attacks(model, loader, [by_hand])}
+    assert {(r["task"], r["metric"]): r["adv"] for r in rows} == want
+    skewed = {t: (1e-4 if t == "scene_class" else 1e4) for t in TASKS}  # C_t moves f
+    batch_only = AttackSpec("apgd", "dgba", 8.0, 10, {"variant": "official",
+                                                     "clean_losses": skewed})
+    other = {(r["task"], r["metric"]): r["adv"] for r in evaluate_attacks(model, loader,
+                                                                           [batch_only])}
+    assert other != want  # C_t matters, so the equality above is not vacuous

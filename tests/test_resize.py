@@ -183,3 +183,27 @@ def test_deeplab_predictions_are_scored_at_label_resolution(tmp_path: Path) -> N
         metric.update(out[t], batch[t], batch.get(t + "_mask"))
         assert all(np.isfinite(v) for v in metric.compute().values())
 
+
+
+def test_class_weight_maps_make_the_segmentation_loss_a_weighted_mean():
+    """A floating segment_semantic_mask (Taskonomy's class weights) weighs each pixel's CE:
+    sum(w * CE) / sum(w) over valid pixels, as the authors' loss; a bool mask stays a plain
+    mean over the pixels it keeps."""
+    import torch.nn.functional as F
+    from mtl.task_losses import segmentation_loss, segmentation_pixels, masked_sums
+    torch.manual_seed(0)
+    pred = torch.randn(2, 4, 3, 3)
+    target = torch.randint(0, 4, (2, 3, 3))
+    target[0, 0, 0] = 255
+    weights = torch.rand(2, 3, 3) + 0.1
+    weights[1, 1, 1] = 0.0
+    ce = F.cross_entropy(pred, target.clamp_max(3), reduction="none")
+    valid = (target != 255) & (weights > 0)
+    want = torch.stack([(ce[b] * weights[b])[valid[b]].sum() / weights[b][valid[b]].sum()
+                        for b in range(2)])
+    assert torch.allclose(segmentation_loss(pred, target, weights), want)
+    total, count = masked_sums(*segmentation_pixels(pred, target, weights))
+    assert torch.allclose(count, torch.stack([weights[b][valid[b]].sum() for b in range(2)]))
+    plain = torch.stack([ce[b][valid[b]].mean() for b in range(2)])
+    assert torch.allclose(segmentation_loss(pred, target, weights > 0), plain)
+    assert not torch.allclose(plain, want)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mtl.attacks import AttackSpec, available_objectives, method_names
-from mtl.attacks.registry import canonical_method
+from mtl.attacks.registry import accepted_options, canonical_method
 from mtl.config.limits import MAX_ATTACKS, MAX_EVAL_SAMPLES, MAX_STEPS
 from mtl.config.reading import (ConfigError, Node, as_choice, as_float, as_int, as_list, brief,
                                 check_unique, fail)
@@ -40,6 +40,15 @@ def _check_methods(methods: list, path: str) -> None:
         if j != i:
             fail(f"{path}[{i}]", f"{brief(name)} is the same attack as {brief(methods[j])} "
                  f"({path}[{j}]); allowed: each method once, under one of its names")
+
+
+def _pair_options(method: str, objective: str, options: dict) -> dict:
+    """The shared options one method x objective pair takes (all of them when the pair is
+    unknown: its own check then names the bad method or objective)."""
+    try:
+        return accepted_options(method, objective, options)
+    except KeyError:
+        return dict(options)
 
 
 def _options(raw: Any, path: str) -> dict:
@@ -83,8 +92,14 @@ def parse_attacks(raw: Any, tasks: Sequence[str], test_samples: int | None = Non
     options = _options(node.get("options", {}), node.at("options"))
     specs = [{"method": m, "objective": o, "eps": e,
               "steps": 1 if canonical_method(m) == "fgsm" else steps,
-              "options": dict(options)} for m in methods for o in objectives for e in eps]
+              "options": _pair_options(m, o, options)}
+             for m in methods for o in objectives for e in eps]
     _check_specs(specs, "attacks", tasks)
+    unused = sorted(set(options) - {k for spec in specs for k in spec["options"]})
+    if unused:
+        fail(node.at("options"), f"option(s) {unused} are taken by none of the methods "
+             f"{methods} with objectives {objectives}; allowed: options that some pair "
+             "declares (each option reaches the pairs that take it)")
     default = DEFAULT_EVAL_SAMPLES if test_samples is None else min(DEFAULT_EVAL_SAMPLES,
                                                                      test_samples)
     eval_samples = as_int(node.get("eval_samples", default), node.at("eval_samples"), 1,

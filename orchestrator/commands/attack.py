@@ -90,8 +90,8 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 def _trained_size(source: str, options: Mapping[str, Any], where: str) -> int | None:
     """The square image side a data record trained at (int or [h, w] with h == w); without
     a recorded size, the built-in factory's default (None: the files' native size)."""
-    if "size" in options:
-        size = options["size"]
+    if "size" in options or "resize" in options:
+        size = options.get("size", options.get("resize"))
     else:
         param = inspect.signature(dataset_factory(source)).parameters.get("size")
         size = None if param is None or param.default is param.empty else param.default
@@ -135,7 +135,13 @@ def resolve_data(args: argparse.Namespace, meta: Mapping[str, Any]) -> dict[str,
     if args.root is None and isinstance(options.get("root"), str):
         args.root = options["root"]
     seed = options.get("seed")
-    return {"seed": seed} if args.dataset == "scenes" and isinstance(seed, int) else {}
+    if args.dataset == "scenes":
+        return {"seed": seed} if isinstance(seed, int) else {}
+    # the DGBA protocol's resize and class weights go with the files (--size overrides resize)
+    kept = {k: options[k] for k in ("resize", "class_weights") if options.get(k) is not None}
+    if "resize" in kept and args.size != trained:
+        kept.pop("resize")
+    return kept
 
 
 def _dataset(args: argparse.Namespace, tasks: list[str], extra: Mapping[str, Any]) -> Any:
@@ -147,8 +153,9 @@ def _dataset(args: argparse.Namespace, tasks: list[str], extra: Mapping[str, Any
     else:
         if args.root is None:
             raise ValueError(f"--root: required for --dataset {args.dataset}")
-        data = get_dataset(args.dataset, args.split, root=args.root, tasks=tasks,
-                           size=None if args.size is None else (args.size, args.size))
+        size = None if args.size is None or "resize" in extra else (args.size, args.size)
+        data = get_dataset(args.dataset, args.split, root=args.root, tasks=tasks, size=size,
+                           **extra)
     return subset(data, 0, min(args.n, len(data)))
 
 
