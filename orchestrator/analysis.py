@@ -1,5 +1,6 @@
-"""`analyze`: read a sweep's results, write report.md and the plots (what `mtlsweep analyze`
-runs). The polars queries live in orchestrator/analyze.py, the report and its plots in
+"""`analyze`: read a sweep's results, judge the papers' claims, write report.md, the plots and
+the claims table (what `mtlsweep analyze` runs). The polars queries live in
+orchestrator/analyze.py, the claims in orchestrator/claims.py, the report and its plots in
 orchestrator/report.py and orchestrator/plots.py; this module joins them, so none of those
 imports another in a circle."""
 from __future__ import annotations
@@ -9,13 +10,16 @@ from pathlib import Path
 
 import polars as pl
 
+from orchestrator import claims as C
 from orchestrator.analyze import load_tables
 from orchestrator.report import AnalysisResult, build_report
 
 
 def analyze(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             sweep: str | None = None) -> AnalysisResult:
-    """Read the results under ``results_dir``, write PNG plots and report.md to ``out_dir``.
+    """Read the results under ``results_dir``; write PNG plots, report.md and the claims table
+    (claims.parquet, claims.json; also at the top of report.md and in the result's ``claims``)
+    to ``out_dir``.
 
     ``results_dir`` is a sweep directory or a storage directory of several sweeps (then the
     sweeps are analysed together unless ``sweep`` picks one). Result files that do not count
@@ -30,4 +34,6 @@ def analyze(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                    if tables.skipped else "")
         raise FileNotFoundError(f"no measurements under {where} (expected "
                                 f"<sweep>/results/measurements/*.parquet){skipped}")
-    return build_report(tables, Path(out_dir))
+    claims = C.judge(tables.measurements, tables.epochs)
+    files = C.write(claims, out_dir)
+    return build_report(tables, Path(out_dir), claims=claims, claim_files=files)

@@ -1,4 +1,5 @@
-"""report.md: every analysis section as markdown tables beside its PNG plot.
+"""report.md: the judged claims first, then every analysis section as markdown tables beside
+its PNG plot.
 
 A section whose data the sweep did not produce says so (and why) instead of failing, so a small
 demo sweep and a full paper reproduction get the same report structure.
@@ -12,7 +13,8 @@ from pathlib import Path
 import polars as pl
 
 from orchestrator import analyze as A
-from orchestrator import plots
+from orchestrator import claims_table, plots
+from orchestrator.intervals import LEVEL, MIN_UNITS, REPS, SEED
 from orchestrator.results_reading import Skipped
 
 MAX_GROUP_TABLES = 24
@@ -20,6 +22,7 @@ MAX_SKIPPED_LISTED = 10
 MAX_HEATMAPS = 4
 
 TITLES = {
+    "claims": "Claims, judged",
     "summary": "Summary",
     "delta_by_objective": "1. White-box Δ by objective × ε",
     "tradeoff": "2. Sharing trade-off: clean accuracy vs white-box and cross-task damage",
@@ -56,15 +59,17 @@ def frame_to_markdown(frame: pl.DataFrame, digits: int = 4) -> str:
 @dataclass(frozen=True)
 class AnalysisResult:
     """What :func:`analyze` wrote: ``report`` (report.md), ``plots`` (PNGs), the summary frame,
-    every table by section key, why each absent section is absent, and the result files that
-    were skipped (not counted)."""
+    every table by section key, why each absent section is absent, the result files that
+    were skipped (not counted), and the claims table (orchestrator/claims_table.py) with the
+    files it was written to (claims.parquet, claims.json)."""
     report: Path
     plots: list[Path]
     summary: pl.DataFrame
     tables: dict[str, pl.DataFrame] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     skipped: tuple[Skipped, ...] = ()
-
+    claims: pl.DataFrame = field(default_factory=claims_table.SCHEMA.to_frame)
+    claim_files: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -95,6 +100,30 @@ class _Doc:
     def plot(self, path: Path, alt: str) -> None:
         self.plots.append(path)
         self.parts.append(f"![{alt}]({path.name})\n")
+
+
+def _claims(doc: _Doc, claims: pl.DataFrame) -> None:
+    """The claims table, first in the report: what each verdict means, then the rows."""
+    doc.section("claims")
+    doc.tables["claims"] = claims
+    doc.text(f"Each row judges a claim of the DGBA and RFN papers under one condition from a "
+             f"{LEVEL:.0%} interval: **holds** when the interval lies entirely on the claim's "
+             "side of 0 (column *claim expects*), **refuted** when it lies entirely on the other "
+             "side, *inconclusive* when it contains 0 or fewer than "
+             f"{MIN_UNITS} trials stand behind it, and *not measured by this sweep* when the "
+             "sweep does not vary what the claim is about. Intervals: percentile bootstrap "
+             f"over trials ({REPS} replicates, seed {SEED}: the same results give the same "
+             "intervals), paired by trial and epoch for (a); counted rates are also redrawn "
+             "from their images (binomial), or, with too few trials, compared by Newcombe's "
+             "difference of Wilson intervals. Δ rows are means over n images, so their "
+             "sampling noise enters only through the trial-to-trial spread. Also in "
+             "`claims.parquet` and `claims.json`.")
+    doc.text("\n".join(f"- **{title}**: {statement}"
+                       for title, statement in claims_table.CLAIMS.values()))
+    if claims.is_empty():
+        doc.text("_No claim could be judged from these results._")
+        return
+    doc.text(claims_table.markdown(claims) + "\n")
 
 
 def _delta_by_objective(doc: _Doc, t: A.Tables) -> None:
@@ -246,12 +275,16 @@ SECTIONS = (_delta_by_objective, _tradeoff, _cross_task, _early_stopping, _trans
             _clean_vs_adversarial, _timings)
 
 
-def build_report(t: A.Tables, out_dir: Path) -> AnalysisResult:
-    """Run every section, write the PNGs and ``out_dir/report.md``; see :func:`analyze.analyze`."""
+def build_report(t: A.Tables, out_dir: Path, *, claims: pl.DataFrame,
+                 claim_files: tuple[Path, ...] = ()) -> AnalysisResult:
+    """Write ``out_dir/report.md``, the judged ``claims`` at its top, then every section with
+    its PNGs; see :func:`orchestrator.analysis.analyze`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = _Doc(out_dir)
     info = A.overview(t)
     doc.parts.append(f"# mtlsweep analysis — {', '.join(info['sweeps'])}\n")
+    _claims(doc, claims)
+    doc.parts.append("\n## Overview\n")
     doc.text(f"{info['trials']} trials, {info['layouts']} layouts, {info['rows']} measurement "
              "rows. Δ is the relative change of docs/design.md §2 (negative = the attack hurt); "
              "ε is in 1/255 units. Each trial's latest attempt and, unless a section says "
@@ -276,4 +309,5 @@ def build_report(t: A.Tables, out_dir: Path) -> AnalysisResult:
     tmp.write_text("\n".join(doc.parts), encoding="utf-8")
     tmp.replace(report)
     return AnalysisResult(report=report, plots=doc.plots, summary=summary, tables=doc.tables,
-                          missing=doc.missing, skipped=t.skipped)
+                          missing=doc.missing, skipped=t.skipped, claims=claims,
+                          claim_files=claim_files)
