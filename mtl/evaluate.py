@@ -20,92 +20,32 @@ without a `tasks` attribute needs `tasks=` (its task names) and is wrapped by `a
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mtl.attacks import AttackSpec, attack, with_dataset_clean_losses
-from mtl.models.outputs import task_outputs
 from mtl.models.task_model import as_task_model
-from mtl.tasks import get_task, metric_relative_change, new_metrics, relative_change
+from mtl.scoring import (SUCCESS_TASK, PhaseClock, RngStream, Scorer, TargetReference,
+                         correct_mask, device_of, eval_tasks, progress_line, rng_state,
+                         task_model, to_device)
+from mtl.tasks import get_task, metric_relative_change, relative_change
 
 Rows = list[dict[str, Any]]
-SUCCESS_TASK = "scene_class"
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-
-
-def _task_model(model: nn.Module, tasks: Sequence[str] | None) -> nn.Module:
-    """`model` with `tasks` / `out_channels`; `tasks` names a plain model's tasks only (for a
-    model that has them, `tasks` selects what to score, see `_eval_tasks`)."""
-    return as_task_model(model, None if getattr(model, "tasks", None) is not None else tasks)
-
-
-def _eval_tasks(model: nn.Module, batch: Mapping[str, Any], tasks: Sequence[str] | None
-                ) -> tuple[str, ...]:
-    """Tasks to score: `tasks` (checked) or the model's tasks that have labels in the batch."""
-    model_tasks = tuple(model.tasks)
-    if tasks is None:
-        return tuple(t for t in model_tasks if t in batch)
-    bad = [t for t in tasks if t not in model_tasks or t not in batch]
-    if bad:
-        raise ValueError(f"tasks: {bad} not predicted by the model or not labelled in the batch; "
-                         f"allowed: {[t for t in model_tasks if t in batch]}")
-    return tuple(tasks)
-
-
-class _Scorer:
-    """Metric accumulators of one model on its tasks."""
-
-    def __init__(self, model: nn.Module, tasks: Sequence[str]) -> None:
-        self.model, self.tasks = model, tuple(tasks)
-        self.metrics = new_metrics(self.tasks, model.out_channels)
-        self.count = 0  # images scored: the n behind every metric
-
-    @torch.no_grad()
-    def predict(self, images: Tensor) -> dict[str, Tensor]:
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        try:
-            return task_outputs(self.model, images.to(_device(self.model)), self.tasks)
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
-
-    def update(self, images: Tensor, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        preds = self.predict(images)
-        self.count += int(images.shape[0])
-        for t in self.tasks:
-            self.metrics[t].update(preds[t], batch[t], batch.get(t + "_mask"))
-        return preds
-
-    def compute(self) -> dict[str, dict[str, float]]:
-        return {t: get_task(t).compute(m) for t, m in self.metrics.items()}
-
-
-def _progress(enabled: bool, what: str, i: int) -> None:
-    if enabled:
-        print(f"\r{what}: batch {i + 1}", end="", file=sys.stderr, flush=True)
 
 
 def _score_clean(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
-                 tasks: Sequence[str] | None, progress: bool) -> _Scorer:
-    model = _task_model(model, tasks)
+                 tasks: Sequence[str] | None, progress: bool) -> Scorer:
+    model = task_model(model, tasks)
     scorer = None
     for i, batch in enumerate(loader):
-        batch = _to(batch, _device(model))
-        scorer = scorer or _Scorer(model, _eval_tasks(model, batch, tasks))
+        batch = to_device(batch, device_of(model))
+        scorer = scorer or Scorer(model, eval_tasks(model, batch, tasks))
         scorer.update(batch["image"], batch)
-        _progress(progress, "clean", i)
+        progress_line(progress, "clean", i)
     if scorer is None:
         raise ValueError("loader: yielded no batch")
     return scorer
@@ -126,10 +66,14 @@ def clean_rows(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
     """`evaluate_clean` as rows (one per task x metric, `clean` holds the value, `n` the
     images scored; attack columns read `none`/0 and `attack_options` None)."""
     scorer = _score_clean(model, loader, tasks, progress)
+    return _clean_rows(scorer.compute(), scorer.count)
+
+
+def _clean_rows(clean: Mapping[str, Mapping[str, float]], n: int) -> Rows:
     return [{"attack_method": "none", "objective": "none", "eps": 0.0, "steps": 0,
              "task": task, "metric": metric, "clean": value, "adv": None, "rel_change": None,
-             "n": scorer.count, "numerator": None, "denominator": None, "attack_options": None}
-            for task, metrics in scorer.compute().items() for metric, value in metrics.items()]
+             "n": n, "numerator": None, "denominator": None, "attack_options": None}
+            for task, metrics in clean.items() for metric, value in metrics.items()]
 
 
 def attack_options(spec: AttackSpec) -> str:
@@ -185,8 +129,144 @@ def _with_clean_losses(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
     first = next(iter(loader), None)
     if first is None:
         return specs
-    tasks = _eval_tasks(model, _to(first, _device(model)), None)
+    tasks = eval_tasks(model, to_device(first, device_of(model)), None)
     return with_dataset_clean_losses(specs, model, loader, tasks)
+
+
+@dataclass
+class CheckpointRows:
+    """What `evaluate_checkpoint` measured: rows per kind, `seconds` per phase (`clean`: the
+    model's clean forwards; `whitebox`: crafting the specs + scoring them on the model;
+    `cross_task`: crafting the cross-task specs that are not among the specs + scoring them;
+    `transfer`: scoring the crafted batches on the targets) and `crafted`, the attacks crafted
+    per batch."""
+
+    clean: Rows
+    whitebox: Rows
+    cross_task: Rows
+    transfer: Rows
+    seconds: dict[str, float]
+    crafted: int
+
+
+def cross_task_specs(tasks: Sequence[str], method: str, eps: float, steps: int = 10,
+                     **options: Any) -> list[AttackSpec]:
+    """The cross-task matrix's specs: `single:<t>` for every task t."""
+    return [AttackSpec(method, f"single:{t}", eps, steps, options) for t in tasks]
+
+
+def evaluate_checkpoint(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
+                        specs: Sequence[AttackSpec],
+                        targets: TargetReference | Mapping[str, nn.Module] | None = None, *,
+                        cross: Sequence[AttackSpec] = (), tasks: Sequence[str] | None = None,
+                        whitebox: bool = True, craft: Callable[..., Tensor] | None = None,
+                        progress: bool = False) -> CheckpointRows:
+    """Craft once, score everywhere: per batch, one clean forward of `model` (clean rows and
+    every spec's clean metrics), each spec crafted once and its adversarial batch scored on
+    `model` (white-box) and on every target (transfer), each `cross` spec scored on `model`
+    (crafted only when it is not one of `specs` or its crafting drew random numbers).
+    Rows equal `clean_rows`, `evaluate_attacks`, `evaluate_attacks(cross)` and
+    `evaluate_transfer` run one by one after the same seed. `targets`: a `TargetReference`
+    (reuse it across checkpoints) or models; `whitebox=False` skips scoring `model`; `craft`
+    replaces `_craft` (e.g. the precision options' wrapper)."""
+    model = task_model(model, tasks)
+    specs, cross = _validated(specs, model.tasks), _validated(cross, model.tasks)
+    if targets is not None and not isinstance(targets, TargetReference):
+        targets = TargetReference(targets, loader, tasks)
+    craft = craft or _craft
+    own = [c for c in cross if c not in specs]  # cross specs crafted on their own stream
+    shared = {c: specs.index(s) for c, s in enumerate(cross) if s in specs}
+    clock = PhaseClock(device_of(model))
+    with clock("whitebox"):
+        crafted = _with_clean_losses(model, loader, specs + own)
+    crafted, own_crafted = crafted[:len(specs)], dict(zip(own, crafted[len(specs):]))
+    main, side = RngStream(), RngStream()
+    clean = None
+    n_batches = 0
+    for i, batch in enumerate(loader):
+        batch = to_device(batch, device_of(model))
+        if clean is None:
+            scored = eval_tasks(model, batch, None)
+            clean = Scorer(model, scored)
+            advs = [Scorer(model, scored) for _ in specs]
+            cross_advs = [Scorer(model, scored) for _ in cross]
+            moved = {}
+            if targets is not None:
+                tr = {tid: [Scorer(s.model, s.tasks) for _ in specs]
+                      for tid, s in targets.clean.items()}
+                fooled = {tid: [0] * len(specs) for tid in targets.clean}
+        if targets is not None:
+            if i >= len(targets.correct):
+                raise ValueError("targets: the TargetReference saw fewer batches than loader")
+            moved = {tid: to_device(batch, device_of(s.model)) for tid, s in targets.clean.items()}
+        if whitebox or cross:
+            with clock("clean"):
+                clean.update(batch["image"], batch)
+        reusable: dict[int, Tensor] = {}
+        with main:
+            for s, spec in enumerate(crafted):
+                before = rng_state()
+                with clock("whitebox"):
+                    adv = craft(model, batch, spec)
+                    if whitebox:
+                        advs[s].update(adv, batch)
+                if all(torch.equal(a, b) for a, b in zip(before, rng_state())):
+                    reusable[s] = adv
+                if targets is None:
+                    continue
+                with clock("transfer"):
+                    for tid, scorers in tr.items():
+                        preds = scorers[s].update(adv, moved[tid])
+                        correct = targets.correct[i]
+                        if correct is not None and SUCCESS_TASK in scorers[s].tasks:
+                            fooled[tid][s] += int((~correct_mask(preds, batch) & correct).sum())
+        with side:
+            for c, spec in enumerate(cross):
+                with clock("cross_task"):
+                    adv = reusable.get(shared.get(c, -1))
+                    if adv is None:
+                        adv = craft(model, batch, own_crafted[spec] if spec in own_crafted
+                                    else crafted[shared[c]])
+                    cross_advs[c].update(adv, batch)
+        n_batches += 1
+        progress_line(progress, "evaluate", i)
+    if clean is None:
+        raise ValueError("loader: yielded no batch")
+    if targets is not None and n_batches != len(targets.correct):
+        raise ValueError("targets: the TargetReference saw more batches than loader")
+    metrics = clean.compute()
+    clean_out = _clean_rows(metrics, clean.count) if (whitebox or cross) else []
+    rows = {"whitebox": [], "cross_task": [], "transfer": []}
+    if whitebox:
+        rows["whitebox"] = [r for spec, scorer in zip(specs, advs)
+                            for r in _rows(spec, metrics, scorer.compute(), clean.count)]
+    rows["cross_task"] = [r for spec, scorer in zip(cross, cross_advs)
+                          for r in _rows(spec, metrics, scorer.compute(), clean.count)]
+    if targets is not None:
+        rows["transfer"] = _transfer_rows(specs, targets, tr, fooled)
+    return CheckpointRows(clean_out, **rows, seconds=clock.seconds,
+                          crafted=len(specs) + len(own))
+
+
+def _transfer_rows(specs: list[AttackSpec], targets: TargetReference,
+                   scorers: Mapping[str, list[Scorer]], fooled: Mapping[str, list[int]]
+                   ) -> Rows:
+    """Per target and spec: the metric/Delta rows and (for a scene classifier) the RFN success
+    rate (see `evaluate_transfer`)."""
+    rows: Rows = []
+    counted = targets.counted
+    for tid, clean in targets.clean.items():
+        for s, spec in enumerate(specs):
+            rows += _rows(spec, targets.metrics[tid], scorers[tid][s].compute(), clean.count,
+                          {"target_id": tid})
+            if SUCCESS_TASK in clean.tasks:
+                rows.append({"attack_method": spec.method, "objective": spec.objective,
+                             "eps": float(spec.eps), "steps": int(spec.steps),
+                             "target_id": tid, "task": SUCCESS_TASK, "metric": "success_rate",
+                             "clean": None, "adv": fooled[tid][s] / counted if counted else None,
+                             "rel_change": None, "n": counted, "numerator": fooled[tid][s],
+                             "denominator": counted, "attack_options": attack_options(spec)})
+    return rows
 
 
 def evaluate_attacks(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
@@ -195,24 +275,8 @@ def evaluate_attacks(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
     """White-box rows: every spec attacks `model` and is scored on `model`'s labelled tasks.
 
     `tasks` names the tasks of a model without a `tasks` attribute."""
-    model = as_task_model(model, tasks)
-    specs = _validated(specs, model.tasks)
-    crafted = _with_clean_losses(model, loader, specs)
-    clean, advs = None, None
-    for i, batch in enumerate(loader):
-        batch = _to(batch, _device(model))
-        if clean is None:
-            tasks = _eval_tasks(model, batch, None)
-            clean, advs = _Scorer(model, tasks), [_Scorer(model, tasks) for _ in specs]
-        clean.update(batch["image"], batch)
-        for spec, scorer in zip(crafted, advs):
-            scorer.update(_craft(model, batch, spec), batch)
-        _progress(progress, "attacks", i)
-    if clean is None:
-        raise ValueError("loader: yielded no batch")
-    clean_metrics = clean.compute()
-    return [row for spec, scorer in zip(specs, advs)
-            for row in _rows(spec, clean_metrics, scorer.compute(), clean.count)]
+    return evaluate_checkpoint(as_task_model(model, tasks), loader, specs,
+                               progress=progress).whitebox
 
 
 def cross_task_rows(model: nn.Module, loader: Iterable[Mapping[str, Tensor]], method: str,
@@ -224,7 +288,7 @@ def cross_task_rows(model: nn.Module, loader: Iterable[Mapping[str, Tensor]], me
     `tasks` names the tasks of a model without a `tasks` attribute.
     """
     model = as_task_model(model, tasks)
-    specs = [AttackSpec(method, f"single:{t}", eps, steps, options) for t in model.tasks]
+    specs = cross_task_specs(model.tasks, method, eps, steps, **options)
     return evaluate_attacks(model, loader, specs, progress=progress)
 
 
@@ -259,55 +323,6 @@ def evaluate_transfer(surrogate: nn.Module, targets: Mapping[str, nn.Module],
     is None when no example qualifies).
     `tasks` names the tasks of the models (surrogate or targets) without a `tasks` attribute.
     """
-    if not targets:
-        raise ValueError("targets: need at least one target model")
-    surrogate = _task_model(surrogate, tasks)
-    targets = {tid: _task_model(target, tasks) for tid, target in targets.items()}
-    specs = _validated(specs, surrogate.tasks)
-    crafted = _with_clean_losses(surrogate, loader, specs)
-    ids = list(targets)
-    clean: dict[str, _Scorer] = {}
-    advs: dict[str, list[_Scorer]] = {}
-    counted, fooled = 0, {tid: [0] * len(specs) for tid in ids}
-    for i, batch in enumerate(loader):
-        batch = _to(batch, _device(surrogate))
-        if not clean:
-            for tid in ids:
-                tasks = _eval_tasks(targets[tid], batch, None)
-                clean[tid] = _Scorer(targets[tid], tasks)
-                advs[tid] = [_Scorer(targets[tid], tasks) for _ in specs]
-        classifiers = [tid for tid in ids if SUCCESS_TASK in clean[tid].tasks]
-        correct = None
-        for tid in ids:
-            preds = clean[tid].update(batch["image"], _to(batch, _device(targets[tid])))
-            if tid in classifiers:
-                label = batch[SUCCESS_TASK].to(preds[SUCCESS_TASK].device)
-                ok = (preds[SUCCESS_TASK].argmax(1) == label).cpu()
-                correct = ok if correct is None else correct & ok
-        if correct is not None:
-            counted += int(correct.sum())
-        for s, spec in enumerate(crafted):
-            adv = _craft(surrogate, batch, spec)
-            for tid in ids:
-                preds = advs[tid][s].update(adv, _to(batch, _device(targets[tid])))
-                if tid in classifiers:
-                    label = batch[SUCCESS_TASK].to(preds[SUCCESS_TASK].device)
-                    wrong = (preds[SUCCESS_TASK].argmax(1) != label).cpu()
-                    fooled[tid][s] += int((wrong & correct).sum())
-        _progress(progress, "transfer", i)
-    if not clean:
-        raise ValueError("loader: yielded no batch")
-    rows: Rows = []
-    for tid in ids:
-        clean_metrics = clean[tid].compute()
-        for s, spec in enumerate(specs):
-            rows += _rows(spec, clean_metrics, advs[tid][s].compute(), clean[tid].count,
-                          {"target_id": tid})
-            if SUCCESS_TASK in clean[tid].tasks:
-                rows.append({"attack_method": spec.method, "objective": spec.objective,
-                             "eps": float(spec.eps), "steps": int(spec.steps),
-                             "target_id": tid, "task": SUCCESS_TASK, "metric": "success_rate",
-                             "clean": None, "adv": fooled[tid][s] / counted if counted else None,
-                             "rel_change": None, "n": counted, "numerator": fooled[tid][s],
-                             "denominator": counted, "attack_options": attack_options(spec)})
-    return rows
+    reference = TargetReference(targets, loader, tasks)
+    return evaluate_checkpoint(task_model(surrogate, tasks), loader, specs, reference,
+                               whitebox=False, progress=progress).transfer

@@ -197,10 +197,19 @@ def _copy_model_files(src: str | Path, dst: str | Path) -> None:
 
 def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
               device: torch.device, timings: dict[str, float]) -> tuple[list[dict], dict]:
-    """Rows for every kept epoch (clean, white-box, cross-task, transfer) + final metrics."""
+    """Rows for every kept epoch (clean, white-box, cross-task, transfer) + final metrics.
+
+    Each spec is crafted once per batch and scored on the surrogate and every target
+    (`mtl.evaluate.evaluate_checkpoint`); the targets' clean scores are computed once per
+    trial. Timings: ``eval_clean`` the surrogate's clean forwards, ``eval_whitebox`` crafting
+    the specs (+ the official APGD's clean losses) and scoring them on the surrogate,
+    ``eval_cross_task`` crafting the cross-task specs that are not among the specs and scoring
+    them, ``eval_transfer`` the targets' clean reference and scoring the crafted batches on
+    the targets."""
     from mtl.attacks import AttackSpec
     from mtl.data import make_loader
-    from mtl.evaluate import clean_rows, cross_task_rows, evaluate_attacks, evaluate_transfer
+    from mtl.evaluate import TargetReference, cross_task_specs, evaluate_checkpoint
+    from mtl.models.task_model import as_task_model
     from mtl.train import load_checkpoint
     run: RunConfig = trial["run"]
     cross = run.cross_task
@@ -213,6 +222,9 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
     labels = {t["id"]: t["label"] for t in trial["targets"]}
     targets = {labels[k]: m for k, m in targets.items()}
     timings["zoo"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reference = TargetReference(targets, loader) if targets else None
+    timings["eval_transfer"] = time.perf_counter() - t0
     surrogate_id = config_hash(trial["model_config"])
     rows: list[dict] = []
 
@@ -223,25 +235,20 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
                      "target_id": surrogate_id, **row} for row in new)
 
     model = build_model(trial["model_config"], data["train"])  # each epoch loads its weights
+    cross_specs = (cross_task_specs(as_task_model(model, None).tasks, cross["method"],
+                                    cross["eps"], cross["steps"]) if cross else [])
+    for phase in ("clean", "whitebox", "cross_task"):
+        timings.setdefault(f"eval_{phase}", 0.0)
     for epoch, path in sorted(checkpoint_paths(ckpt_dir).items()):
         load_checkpoint(str(path), model=model, device=device)
         model.eval()
         # attacks with random starts repeat exactly
-        phase_seed = trial["labels"]["seed"] * 100_003 + epoch
-        t0 = time.perf_counter()
-        add("clean", epoch, clean_rows(model, loader))
-        timings["eval_clean"] = timings.get("eval_clean", 0.0) + time.perf_counter() - t0
-        for phase, job in (("whitebox", lambda: evaluate_attacks(model, loader, specs)),
-                           ("cross_task", lambda: cross_task_rows(
-                               model, loader, cross["method"], cross["eps"], cross["steps"])
-                            if cross else []),
-                           ("transfer", lambda: evaluate_transfer(model, targets, loader, specs)
-                            if targets else [])):
-            torch.manual_seed(phase_seed)
-            t0 = time.perf_counter()
-            add(phase, epoch, job())
-            timings[f"eval_{phase}"] = timings.get(f"eval_{phase}", 0.0) + \
-                time.perf_counter() - t0
+        torch.manual_seed(trial["labels"]["seed"] * 100_003 + epoch)
+        result = evaluate_checkpoint(model, loader, specs, reference, cross=cross_specs)
+        for kind in ("clean", "whitebox", "cross_task", "transfer"):
+            add(kind, epoch, getattr(result, kind))
+        for phase, seconds in result.seconds.items():
+            timings[f"eval_{phase}"] = timings.get(f"eval_{phase}", 0.0) + seconds
     return rows, final_metrics(rows)
 
 
