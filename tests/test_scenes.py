@@ -305,7 +305,9 @@ def test_cache_is_reused_and_identical(tmp_path: Path, monkeypatch: pytest.Monke
         assert torch.equal(first[i]["depth_zbuffer"], second[i]["depth_zbuffer"])
         assert torch.equal(first[i]["image"], second[i]["image"])
     with pytest.raises(AssertionError, match="rendered although"):
-        SyntheticScenes("test", size=SIZE, length=6, cache_dir=tmp_path)   # other key: renders
+        SyntheticScenes("test", size=SIZE, length=5, seed=1, cache_dir=tmp_path)   # other key
+    with pytest.raises(AssertionError, match="rendered although"):
+        SyntheticScenes("test", size=SIZE, length=6, cache_dir=tmp_path)   # sample 5 is new
 
 
 def test_shorter_length_reuses_a_longer_cached_render(tmp_path: Path,
@@ -319,8 +321,7 @@ def test_shorter_length_reuses_a_longer_cached_render(tmp_path: Path,
         short[4]
 
 
-def test_crashed_or_broken_render_leaves_no_cache(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crashed_render_leaves_no_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = render_mod.render
     calls = []
 
@@ -331,33 +332,13 @@ def test_crashed_or_broken_render_leaves_no_cache(tmp_path: Path,
     monkeypatch.setattr(render_mod, "render", crash)
     with pytest.raises(KeyboardInterrupt):
         SyntheticScenes("val", size=16, length=4, cache_dir=tmp_path)
-    assert calls and not any((tmp_path / "scenes").iterdir())     # no final dir, no temp dir
+    (key_dir,) = (tmp_path / "scenes").iterdir()
+    assert calls and {p.name for p in key_dir.iterdir()} <= {".lock", "meta.json"}   # no data
     monkeypatch.setattr(render_mod, "render", real)
     ds = SyntheticScenes("val", size=16, length=4, cache_dir=tmp_path)
-    ref = ds[2]["image"].clone()
-    (ds.cache_path / "meta.json").unlink()                          # a damaged cache ...
-    again = SyntheticScenes("val", size=16, length=4, cache_dir=tmp_path)
-    assert torch.equal(again[2]["image"], ref)                      # ... is rendered again
-    assert (again.cache_path / "meta.json").exists()
-
-
-def test_concurrent_render_keeps_the_first_complete_cache(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    real = render_mod.render
-    winner = []
-
-    def racing(*args, **kwargs):           # another process finishes while this one renders
-        if not winner:
-            monkeypatch.setattr(render_mod, "render", real)
-            winner.append(SyntheticScenes("val", size=16, length=3, cache_dir=tmp_path))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(render_mod, "render", racing)
-    late = SyntheticScenes("val", size=16, length=3, cache_dir=tmp_path)
-    first = winner[0]
-    assert late.cache_path == first.cache_path
-    assert [p.name for p in (tmp_path / "scenes").iterdir()] == [first.cache_path.name]
-    assert torch.equal(late[1]["normal"], first[1]["normal"])
+    assert ds.cache_path == key_dir and len(list(key_dir.glob("chunk*.npy"))) == 1
+    assert torch.equal(ds[2]["image"], torch.floor(render_samples("val", [2], size=16)["image"][0]
+                                                   * 255 + 0.5) / 255)
 
 
 def test_tasks_subset(tmp_path: Path) -> None:

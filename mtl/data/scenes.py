@@ -2,12 +2,14 @@
 
 Each sample is one scene drawn from a generator seeded by a hash of (split, index, seed)
 (`mtl.data.scene_geometry`) and ray-cast into an image and six labels of the same geometry
-(`mtl.data.render`). A split is rendered once per (split, size, length, seed, renderer
-version) into `<cache_dir>/scenes/<...>-<hash>/` as one .npy per label (uint8 image and
-segmentation, float16 depth / normals / edges / keypoints) and then memory-mapped, so many
-trial processes share one copy through the page cache. The directory is built under a
-temporary name and renamed into place, so a crashed or concurrent render never leaves a
-half-written cache behind. A shorter length of a split that is cached longer reads its prefix.
+(`mtl.data.render`). Since sample i does not depend on the length, the cache is keyed by
+(split, size, seed, renderer and storage versions) only: `<cache_dir>/scenes/<...>-<hash>/`
+holds chunks of samples as one record per sample (uint8 image and segmentation, float16
+depth / normals / edges / keypoints, uint8 scene class), memory-mapped so many trial processes
+share one copy through the page cache. A shorter length reads a prefix; a longer one renders
+only the missing samples; a lock makes concurrent cold starts render once; every chunk is
+written atomically and checksummed (`mtl.data.scene_cache`). Every task is stored whatever
+`tasks` asks for, so task subsets share one render.
 """
 from __future__ import annotations
 
@@ -15,11 +17,9 @@ import hashlib
 import json
 import operator
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from mtl.config.limits import MAX_SEED
 from mtl.data import render as _render
 from mtl.data import scene_geometry as geo
+from mtl.data.scene_cache import ChunkStore
 
 SPLITS = ("train", "val", "test")
 DEFAULT_LENGTHS = {"train": 2000, "val": 500, "test": 500}
@@ -38,7 +39,7 @@ TASKS = ("segment_semantic", "depth_zbuffer", "normal", "edge_texture", "keypoin
 TASK_CHANNELS = {"segment_semantic": geo.NUM_SEG_CLASSES, "depth_zbuffer": 1, "normal": 3,
                  "edge_texture": 1, "keypoints2d": 1, "scene_class": geo.NUM_OBJECT_CLASSES}
 SIZE_RANGE = (8, 1024)
-STORAGE_VERSION = 2
+STORAGE_VERSION = 3
 # stored array -> dtype on disk (converted to the batch contract's dtypes in __getitem__)
 _STORED = {"image": np.uint8, "segment_semantic": np.uint8, "depth_zbuffer": np.float16,
            "normal": np.float16, "edge_texture": np.float16, "keypoints2d": np.float16,
@@ -50,6 +51,8 @@ _STORED = {"image": np.uint8, "segment_semantic": np.uint8, "depth_zbuffer": np.
 MAX_LENGTH = 1_000_000
 MAX_CACHE_BYTES = 16 << 30
 SEED_RANGE = (0, MAX_SEED)
+# Bytes of one chunk file of the cache (at least one sample): 1,024 samples at 64 px.
+CHUNK_BYTES = 64 << 20
 
 
 def bytes_per_sample(size: int) -> int:
@@ -62,6 +65,19 @@ def bytes_per_sample(size: int) -> int:
 def max_length(size: int) -> int:
     """The most samples one split of side ``size`` may have (`MAX_LENGTH`, `MAX_CACHE_BYTES`)."""
     return min(MAX_LENGTH, MAX_CACHE_BYTES // bytes_per_sample(size))
+
+
+def samples_per_chunk(size: int) -> int:
+    """Samples in one full chunk file of the cache at side ``size`` (`CHUNK_BYTES`)."""
+    return max(1, CHUNK_BYTES // bytes_per_sample(size))
+
+
+def record_dtype(size: int) -> np.dtype:
+    """One cached sample of side ``size`` as a structured record (no padding, no objects)."""
+    shapes = {"image": (3, size, size), "normal": (3, size, size), "scene_class": ()}
+    return np.dtype([(k, dtype, shapes.get(k, (size, size))) for k, dtype in _STORED.items()])
+
+
 _PROGRESS_AFTER_S = 2.0
 
 
@@ -153,118 +169,58 @@ class SyntheticScenes(Dataset):
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         if root.exists() and not root.is_dir():
             raise ValueError(f"cache_dir: {str(root)!r} exists and is not a directory")
-        self.cache_path = root / "scenes" / self._dir_name(self.length)
-        self._arrays = self._open_or_render()
+        self._per_chunk = samples_per_chunk(self.size)
+        self.cache_path = root / "scenes" / self._dir_name()
+        store = ChunkStore(self.cache_path, record_dtype(self.size), self._per_chunk,
+                           batch=max(1, _render.CHUNK_RAYS // (self.size * self.size)),
+                           meta={"key": self.cache_key, **self._key_spec()})
+        chunks = store.ensure(self.length, self._render_records, self._progress())
+        self._chunks = [{k: c[k] for k in _STORED} for c in chunks]    # views of each field
 
     @property
     def cache_key(self) -> str:
-        """Hash of everything the rendered arrays depend on (16 hex characters)."""
-        return self._cache_key(self.length)
+        """Hash of everything a rendered sample depends on (16 hex characters); not the
+        length, since sample i is the same in every length."""
+        return hashlib.sha256(json.dumps(self._key_spec(), sort_keys=True).encode()
+                              ).hexdigest()[:16]
 
-    def _cache_key(self, length: int) -> str:
-        spec = {"dataset": self.name, "split": self.split, "size": self.size, "length": length,
-                "seed": self.seed, "renderer": _render.RENDERER_VERSION,
-                "geometry": geo.GEOMETRY_VERSION, "storage": STORAGE_VERSION}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-    def _dir_name(self, length: int) -> str:
-        return f"{self.split}-{self.size}px-n{length}-seed{self.seed}-{self._cache_key(length)}"
-
-    def _shapes(self, n: int) -> dict[str, tuple[int, ...]]:
-        s = self.size
-        return {"image": (n, 3, s, s), "segment_semantic": (n, s, s), "depth_zbuffer": (n, s, s),
-                "normal": (n, 3, s, s), "edge_texture": (n, s, s), "keypoints2d": (n, s, s),
-                "scene_class": (n,)}
-
-    def _load(self, path: Path, length: int) -> dict[str, np.ndarray] | None:
-        """The cached arrays of `length` samples at `path`, or None when missing or mismatched."""
-        try:
-            meta = json.loads((path / "meta.json").read_text())
-            if meta.get("key") != self._cache_key(length):
-                return None
-            # plain ndarray views of the maps: indexing a np.memmap runs slow Python hooks
-            arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r", allow_pickle=False)
-                      .view(np.ndarray) for k in _STORED}
-        except (OSError, ValueError):
-            return None
-        shapes = self._shapes(length)
-        ok = all(a.shape == shapes[k] and a.dtype == _STORED[k] for k, a in arrays.items())
-        return arrays if ok else None
-
-    def _load_longer(self) -> dict[str, np.ndarray] | None:
-        """A prefix of a cached render of the same split with more samples (sample i does not
-        depend on the length), so sweeps with different lengths share one render."""
-        prefix = f"{self.split}-{self.size}px-n"
-        suffix = f"-seed{self.seed}-"
-        lengths = []
-        for path in self.cache_path.parent.glob(f"{prefix}*{suffix}*"):
-            n = path.name[len(prefix):].split(suffix)[0]
-            if n.isdigit() and int(n) > self.length and path.name == self._dir_name(int(n)):
-                lengths.append(int(n))
-        for n in sorted(lengths):
-            arrays = self._load(self.cache_path.parent / self._dir_name(n), n)
-            if arrays is not None:
-                self.cache_path = self.cache_path.parent / self._dir_name(n)
-                return {k: a[:self.length] for k, a in arrays.items()}
-        return None
-
-    def _open_or_render(self) -> dict[str, np.ndarray]:
-        arrays = self._load(self.cache_path, self.length)
-        if arrays is None and self.cache_path.parent.is_dir():
-            arrays = self._load_longer()
-        if arrays is not None:
-            return arrays
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.cache_path.name}.tmp-",
-                                    dir=self.cache_path.parent))
-        try:
-            self._render_into(tmp)
-            os.chmod(tmp, 0o755)                  # mkdtemp makes it private; the cache is shared
-            if self._load(self.cache_path, self.length) is None:   # else a concurrent render won
-                shutil.rmtree(self.cache_path, ignore_errors=True)   # broken leftovers
-                try:
-                    os.rename(tmp, self.cache_path)
-                except OSError:                   # a concurrent render got there first
-                    if self._load(self.cache_path, self.length) is None:
-                        raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        arrays = self._load(self.cache_path, self.length)
-        if arrays is None:
-            raise RuntimeError(f"scenes cache at {self.cache_path} unreadable right after writing")
-        return arrays
-
-    def _render_into(self, out_dir: Path) -> None:
-        """Render all samples chunk by chunk into memory-mapped .npy files under out_dir."""
-        shapes = self._shapes(self.length)
-        files = {k: np.lib.format.open_memmap(out_dir / f"{k}.npy", mode="w+", dtype=_STORED[k],
-                                              shape=shapes[k]) for k in _STORED}
-        chunk = max(1, _render.CHUNK_RAYS // (self.size * self.size))   # one render chunk
-        start = last = time.perf_counter()
-        shown = False
-        for lo in range(0, self.length, chunk):
-            hi = min(self.length, lo + chunk)
-            out = _render.render(scene_params(self.split, np.arange(lo, hi), self.seed), self.size)
-            with _render.one_thread():     # tiny tensors: intra-op threads only spin-wait
-                stored = _to_storage(out)
-            for k, arr in stored.items():
-                files[k][lo:hi] = arr
-            now = time.perf_counter()
-            if now - start > _PROGRESS_AFTER_S and (now - last > 0.5 or hi == self.length):
-                rate = hi / (now - start)
-                print(f"\rscenes[{self.split}, {self.size}px]: rendered {hi}/{self.length} "
-                      f"({rate:.0f} images/s)", end="", file=sys.stderr, flush=True)
-                shown, last = True, now
-        if shown:
-            print(file=sys.stderr, flush=True)
-        for arr in files.values():
-            arr.flush()
-        del files
-        meta = {"key": self.cache_key, "split": self.split, "size": self.size,
-                "length": self.length, "seed": self.seed,
+    def _key_spec(self) -> dict:
+        return {"dataset": self.name, "split": self.split, "size": self.size, "seed": self.seed,
                 "renderer": _render.RENDERER_VERSION, "geometry": geo.GEOMETRY_VERSION,
-                "storage": STORAGE_VERSION}
-        (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+                "storage": STORAGE_VERSION,
+                "chunk": self._per_chunk}
+
+    def _dir_name(self) -> str:
+        return f"{self.split}-{self.size}px-seed{self.seed}-{self.cache_key}"
+
+    def _render_records(self, lo: int, hi: int) -> np.ndarray:
+        """Samples [lo, hi) rendered and converted to cache records."""
+        out = _render.render(scene_params(self.split, np.arange(lo, hi), self.seed), self.size)
+        with _render.one_thread():     # tiny tensors: intra-op threads only spin-wait
+            stored = _to_storage(out)
+        records = np.empty(hi - lo, dtype=record_dtype(self.size))
+        for key, arr in stored.items():
+            records[key] = arr
+        return records
+
+    def _progress(self) -> Callable[[int, int], None]:
+        """A progress line on stderr once rendering takes longer than a moment."""
+        state = {"start": time.perf_counter(), "last": 0.0, "shown": False}
+
+        def report(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if done == 0:                 # rendering starts (after any wait for the lock)
+                state["start"] = now
+            took = now - state["start"]
+            if took > _PROGRESS_AFTER_S and (now - state["last"] > 0.5 or done == total):
+                print(f"\rscenes[{self.split}, {self.size}px]: rendered {done}/{total} new "
+                      f"samples ({done / took:.0f} images/s)", end="", file=sys.stderr,
+                      flush=True)
+                state.update(last=now, shown=True)
+            if done == total and state["shown"]:
+                print(file=sys.stderr, flush=True)
+
+        return report
 
     def __len__(self) -> int:
         return self.length
@@ -275,7 +231,8 @@ class SyntheticScenes(Dataset):
             i += self.length
         if not 0 <= i < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
-        a = self._arrays
+        c, i = divmod(i, self._per_chunk)
+        a = self._chunks[c]
         out = {"image": torch.from_numpy(a["image"][i].astype(np.float32)).div_(255.0)}
         for task in self.tasks:
             v = a[task][i]
