@@ -16,6 +16,7 @@ from mtl.attacks.attack_fn import attack
 from mtl.attacks.attack_object import Attack
 from mtl.attacks.base import AttackMethod
 from mtl.attacks.inputs import attacked_tasks
+from mtl.attacks.modes import eval_mode
 from mtl.attacks.objective import Objective
 from mtl.attacks.options import Option
 from mtl.attacks.registry import (METHODS, OBJECTIVES, accepted_options, available_objectives,
@@ -25,7 +26,7 @@ from mtl.attacks.spec import AttackSpec
 
 __all__ = ["Attack", "AttackMethod", "AttackSpec", "METHODS", "OBJECTIVES", "Objective",
            "Option", "accepted_options", "attack", "attack_tasks", "available_objectives",
-           "dataset_clean_losses", "method_names", "objective_names", "register_method",
+           "dataset_clean_losses", "eval_mode", "method_names", "objective_names", "register_method",
            "register_objective", "validate_attack", "with_dataset_clean_losses"]
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from mtl.attacks.context import AttackContext
 from mtl.attacks.inputs import attacked_tasks, check_batch, declared_tasks, model_device
+from mtl.attacks.modes import eval_mode
 from mtl.attacks.registry import get_method, get_objective, validate_attack
 
 
@@ -44,7 +45,8 @@ class Attack:
         """Adversarial images for `batch["image"]` (same shape, dtype and device, in [0, 1],
         within eps/255 in L-inf).
 
-        The model is put in eval mode for crafting and every module's mode is restored after;
+        The model is put in eval mode for crafting and every module's mode is restored after
+        (saved once when the call runs inside `with eval_mode(model):`, see modes.py);
         gradients are taken w.r.t. the input only (parameters' grads and flags are untouched).
         """
         check_batch(batch)
@@ -57,16 +59,10 @@ class Attack:
         runner = method_cls(objective, eps, self.steps, **{
             k: v for k, v in self.options.items() if k in method_cls.option_specs})
         obj_options = {k: v for k, v in self.options.items() if k in objective.option_specs}
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        try:
-            with torch.enable_grad():
-                ctx = AttackContext(self.model, moved, tasks, moved["image"].detach(), eps,
-                                    {**objective.defaults, **obj_options})
-                if objective.needs_clean:
-                    ctx.prepare()  # one clean forward for the relative-change objectives
-                adv = runner(ctx)
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
+        with eval_mode(self.model), torch.enable_grad():  # free inside an outer eval_mode
+            ctx = AttackContext(self.model, moved, tasks, moved["image"].detach(), eps,
+                                {**objective.defaults, **obj_options})
+            if objective.needs_clean:
+                ctx.prepare()  # one clean forward for the relative-change objectives
+            adv = runner(ctx)
         return adv.to(device=image.device, dtype=image.dtype)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mtl.attacks.context import AttackContext
-from mtl.attacks.lp import solve_box_lp
+from mtl.attacks.lp import box_argmax
 from mtl.attacks.objective import Objective
 from mtl.attacks.options import Option, defaults_of, flag, integer, number, option_problems
 
@@ -116,6 +116,9 @@ class AttackMethod:
         the feasible set (= sign step then projection; see dgba.solve_box_lp)."""
         if isinstance(alpha, Tensor):
             alpha = alpha.reshape((-1,) + (1,) * (delta.dim() - 1))
-        lo = torch.maximum(ctx.lo - delta, -alpha * torch.ones_like(delta)).clamp_max(0.0)
-        hi = torch.minimum(ctx.hi - delta, alpha * torch.ones_like(delta)).clamp_min(0.0)
-        return delta + solve_box_lp(c, lo, hi)
+            lo = torch.maximum(ctx.lo - delta, -alpha).clamp_max(0.0)
+            hi = torch.minimum(ctx.hi - delta, alpha).clamp_min(0.0)
+        else:  # a float step: clamp with the scalar (same values, no ones-tensor per step)
+            lo = (ctx.lo - delta).clamp(-alpha, 0.0)
+            hi = (ctx.hi - delta).clamp(0.0, alpha)
+        return delta + box_argmax(c, lo, hi)  # lo <= 0 <= hi by construction: no check

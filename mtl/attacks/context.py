@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -34,7 +35,8 @@ class AttackContext:
 
     `tasks` are the tasks the objective attacks (one for `single:<task>`); `clean_losses` [T, B]
     are the floored per-sample losses of the clean images (filled once by `prepare`); `lo`/`hi`
-    are the feasible perturbation bounds around `x0` (eps-ball intersected with [0, 1]).
+    are the feasible perturbation bounds around `x0` (eps-ball intersected with [0, 1]), computed
+    on first use and kept: `x0` and `eps` are fixed for the context's life.
     """
 
     model: nn.Module
@@ -52,14 +54,14 @@ class AttackContext:
                                                self.tasks).clamp_min(LOSS_FLOOR)
         return self
 
-    @property
+    @cached_property
     def lo(self) -> Tensor:
-        """Lower bound of the perturbation delta = x - x0."""
+        """Lower bound of the perturbation delta = x - x0 (computed once per batch)."""
         return (self.x0 - self.eps).clamp(0.0, 1.0) - self.x0
 
-    @property
+    @cached_property
     def hi(self) -> Tensor:
-        """Upper bound of the perturbation delta = x - x0."""
+        """Upper bound of the perturbation delta = x - x0 (computed once per batch)."""
         return (self.x0 + self.eps).clamp(0.0, 1.0) - self.x0
 
 
