@@ -1,39 +1,37 @@
 """Polars queries over a sweep's result tables: the numbers behind the plots and report.md.
 
-Conventions: Δ (``rel_change``) is stored as docs/design.md §2 defines it, negative = the attack hurt,
-and is shown unchanged. Unless a query says otherwise it uses each trial's *final* checkpoint
+Conventions: Δ (``rel_change``) is stored as docs/design.md §2 defines it, negative = the attack
+hurt, and is shown unchanged. Unless a query says otherwise it uses each trial's *final* checkpoint
 (its largest epoch) and only the latest attempt of a trial. Queries that need a single attack
 (transfer curves, trade-off) use a *reference attack*: DGBA if present (else total, SignSum,
 minmax, then any), at its largest ε, with its most frequent method; the report names it.
+
+A trial is one observation: values are averaged within a trial first, then across the trials
+of a group, and each plotted value ``v`` comes with ``v_lo``/``v_hi``: the 95 % t-interval of
+the mean over trials when 3 or more stand behind it, their min–max when 2, null for one
+(:data:`INTERVAL_RULE`). Regimes (AT, ρ, any other varied setting) are never averaged together:
+a query either keeps them apart or selects one and says so (a ``regime`` or ``rho`` column).
+The tables are read once, into memory (orchestrator/analysis_tables.py).
 """
 from __future__ import annotations
 
-import os
+import math
 from dataclasses import dataclass
-from typing import Iterable
 
 import polars as pl
 
-from mtl.models import Layout
-from orchestrator.results_reading import Skipped, scan_results, warn_skipped
+from orchestrator.analysis_tables import (NO_LAYOUT, TRIAL, Tables, layout_info,  # noqa: F401
+                                          load_tables)
 
 PRIMARY_METRICS: dict[str, str] = {
     "segment_semantic": "miou", "depth_zbuffer": "abs_err", "normal": "angle_mean",
     "edge_texture": "l1", "keypoints2d": "l1", "scene_class": "accuracy"}
 OBJECTIVE_PREFERENCE: tuple[str, ...] = ("dgba", "total", "signsum", "minmax")
-_NOT_ADVERSARIAL = ("none", "", "false", "no", "standard")
-TRIAL = ["sweep", "trial_id"]
-NO_LAYOUT = "no layout"
-
-
-@dataclass(frozen=True)
-class Tables:
-    """The three result tables, latest attempt only, with ``sharing``/``regime`` columns added;
-    ``skipped``: the result files left out (corrupt, foreign, duplicate: results_reading.py)."""
-    measurements: pl.LazyFrame
-    epochs: pl.LazyFrame
-    timings: pl.LazyFrame
-    skipped: tuple[Skipped, ...] = ()
+INTERVAL_RULE = ("bars: 95 % t-interval of the mean over trials where n ≥ 3, min–max where "
+                 "n = 2, none for one trial")
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.16, 2.145, 2.131, 2.12, 2.11, 2.101, 2.093, 2.086, 2.08, 2.074, 2.069, 2.064, 2.06,
+        2.056, 2.052, 2.048, 2.045, 2.042)  # Student's t, 97.5 % quantile, df = 1..30
 
 
 @dataclass(frozen=True)
@@ -47,37 +45,39 @@ class Attack:
         return f"{self.objective} / {self.method} / ε={self.eps:g}"
 
 
-# --- loading ------------------------------------------------------------------------------------
-def _layout_info(layouts: Iterable[str]) -> pl.DataFrame:
-    """sharing in [0, 1] and branch point (if the layout is one) for each canonical string;
-    both null for a string that is not a layout. (`Layout` is pure Python: no torch import.)"""
-    rows = []
-    for text in layouts:
-        try:
-            layout = Layout.parse(text)
-            sharing, k = layout.sharing(), layout.branch_point_of()
-        except ValueError:
-            sharing, k = None, None
-        rows.append({"layout": text, "sharing": sharing, "branch_point_of": k})
-    return pl.DataFrame(rows, schema={"layout": pl.String, "sharing": pl.Float64,
-                                      "branch_point_of": pl.Int64})
-
-
-def _regime() -> pl.Expr:
-    adversarial = _is_adversarial()
-    at = pl.when(adversarial).then(pl.lit("AT ") + pl.col("adv_train")).otherwise(
-        pl.lit("standard"))
-    rho = pl.lit(" ρ=") + pl.col("rho").round(4).cast(pl.String)
-    return pl.when(pl.col("rho") > 0).then(at + rho).otherwise(at).alias("regime")
-
-
-def _is_adversarial() -> pl.Expr:
-    return ~pl.col("adv_train").fill_null("none").str.to_lowercase().is_in(_NOT_ADVERSARIAL)
+# --- helpers ------------------------------------------------------------------------------------
+def t95(df: int) -> float:
+    """Student's t 97.5 % quantile with ``df`` degrees of freedom (within 0.001 beyond 30)."""
+    return _T95[df - 1] if df <= len(_T95) else 1.96 + 2.4 / df
 
 
 def _trials() -> pl.Expr:
     """Number of distinct trials (trial ids are unique within a sweep only)."""
     return pl.struct(TRIAL).n_unique().alias("trials")
+
+
+def across_trials(per_trial: pl.DataFrame | pl.LazyFrame, keys: list[str],
+                  values: list[str], sd: bool = False) -> pl.DataFrame:
+    """Per ``keys``: the mean of each value over the rows (one per trial), ``trials`` and the
+    interval ``<v>_lo``/``<v>_hi`` of :data:`INTERVAL_RULE` (``<v>_std`` too with ``sd``)."""
+    aggs = [pl.len().alias("trials")]
+    for v in values:
+        x = pl.col(v).filter(pl.col(v).is_finite())
+        aggs += [x.mean().alias(v), x.std().alias(f"{v}_std"), x.min().alias(f"_{v}_min"),
+                 x.max().alias(f"_{v}_max"), x.count().alias(f"_{v}_n")]
+    out = per_trial.lazy().group_by(keys).agg(aggs).collect()
+    ns = {n for v in values for n in out[f"_{v}_n"].unique().to_list() if n and n >= 3}
+    for v in values:
+        n = pl.col(f"_{v}_n")
+        half = n.replace_strict({k: t95(k - 1) for k in ns}, default=None,
+                                return_dtype=pl.Float64) * pl.col(f"{v}_std") / n.sqrt()
+        out = out.with_columns(
+            pl.when(n >= 3).then(pl.col(v) - half).when(n == 2).then(pl.col(f"_{v}_min"))
+            .alias(f"{v}_lo"),
+            pl.when(n >= 3).then(pl.col(v) + half).when(n == 2).then(pl.col(f"_{v}_max"))
+            .alias(f"{v}_hi"))
+    drop = [c for c in out.columns if c.startswith("_") or (not sd and c.endswith("_std"))]
+    return out.drop(drop)
 
 
 def eps_label() -> pl.Expr:
@@ -95,38 +95,10 @@ def objective_rank() -> pl.Expr:
     return rank
 
 
-def _latest_attempt(frame: pl.LazyFrame) -> pl.LazyFrame:
-    attempt = pl.col("attempt").fill_null(0)  # files older than the attempt column
-    return frame.filter(attempt == attempt.max().over(TRIAL))
-
-
-def load_tables(results_dir: str | os.PathLike, sweep: str | None = None) -> Tables:
-    """Read the three tables under ``results_dir`` (optionally one ``sweep``) for analysis.
-    Files that do not count are skipped, each named in a ResultsWarning and in ``skipped``."""
-    scans = [scan_results(results_dir, t) for t in ("measurements", "epochs", "timings")]
-    skipped = tuple(s for scan in scans for s in scan.skipped)
-    warn_skipped(skipped)
-    frames = {scan.table: scan.frame() for scan in scans}
-    if sweep is not None:
-        frames = {t: f.filter(pl.col("sweep") == sweep) for t, f in frames.items()}
-    m, e = _latest_attempt(frames["measurements"]), _latest_attempt(frames["epochs"])
-    # pre-`kind` files: infer it from the attack columns (cross-task rows read as white-box)
-    m = m.with_columns(pl.coalesce(
-        pl.col("kind"),
-        pl.when(pl.col("target_id").is_not_null()).then(pl.lit("transfer"))
-        .when(pl.col("objective") == "none").then(pl.lit("clean"))
-        .otherwise(pl.lit("whitebox"))).alias("kind"))
-    # a model without layouts (a user's own) has a null layout: one named group, not null keys
-    m, e = (f.with_columns(pl.col("layout").fill_null(NO_LAYOUT)) for f in (m, e))
-    layouts = pl.concat([m.select("layout"), e.select("layout")]).unique().collect()
-    info = _layout_info(layouts["layout"].drop_nulls().to_list()).lazy()
-
-    def enrich(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return (frame.join(info, on="layout", how="left")
-                .with_columns(pl.coalesce("branch_point", "branch_point_of").alias("branch_point"))
-                .drop("branch_point_of").with_columns(_regime(),
-                                                      _is_adversarial().alias("adversarial")))
-    return Tables(enrich(m), enrich(e), _latest_attempt(frames["timings"]), skipped)
+def objective_family() -> pl.Expr:
+    """``single:<task>`` -> ``single``; other objectives unchanged."""
+    o = pl.col("objective")
+    return pl.when(o.str.starts_with("single:")).then(pl.lit("single")).otherwise(o)
 
 
 def final_epoch(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -142,6 +114,13 @@ def _valid_delta() -> pl.Expr:
 def _finite_delta(frame: pl.LazyFrame, kind: str) -> pl.LazyFrame:
     return frame.filter((pl.col("kind") == kind) & (pl.col("metric") == "delta")
                         & _valid_delta())
+
+
+def standard_trials(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The trials without adversarial training and with ρ = 0 (the DGBA paper's setting) when
+    the sweep has any, else all; callers keep ``regime`` apart."""
+    standard = frame.filter(~pl.col("adversarial") & (pl.col("rho").fill_null(0.0) == 0))
+    return standard if standard.select(pl.len()).collect().item() else frame
 
 
 def reference_attack(frame: pl.DataFrame) -> Attack | None:
@@ -164,22 +143,14 @@ def _only(frame: pl.LazyFrame, attack: Attack) -> pl.LazyFrame:
 
 # --- 1. Δ by objective × ε ----------------------------------------------------------------------
 def delta_by_objective(t: Tables) -> pl.DataFrame:
-    """Mean white-box Δ (task="mean") per layout × regime × method × objective × ε."""
-    keys = ["layout", "sharing", "regime", "attack_method", "objective", "eps"]
-    return (final_epoch(_finite_delta(t.measurements, "whitebox"))
-            .filter(pl.col("task") == "mean")
-            .group_by(keys).agg(pl.col("rel_change").mean().alias("delta"),
-                                pl.col("rel_change").std().alias("delta_std"),
-                                _trials())
-            .sort([pl.col("sharing"), "layout", "regime", "attack_method", objective_rank(),
-                   "objective", "eps"], nulls_last=True)
-            .collect())
-
-
-def objective_family() -> pl.Expr:
-    """``single:<task>`` -> ``single``; other objectives unchanged."""
-    o = pl.col("objective")
-    return pl.when(o.str.starts_with("single:")).then(pl.lit("single")).otherwise(o)
+    """White-box Δ (task="mean") per layout × regime × method × objective × ε: mean over
+    trials, ``delta_std``, ``trials`` and the interval ``delta_lo``/``delta_hi``."""
+    keys = ["layout", "branch_point", "sharing", "regime", "attack_method", "objective", "eps"]
+    per = (final_epoch(_finite_delta(t.measurements, "whitebox")).filter(pl.col("task") == "mean")
+           .group_by(keys + TRIAL).agg(pl.col("rel_change").mean().alias("delta")))
+    out = across_trials(per, keys, ["delta"], sd=True)
+    return out.sort([pl.col("sharing"), "layout", "regime", "attack_method", objective_rank(),
+                     "objective", "eps"], nulls_last=True)
 
 
 def summary(t: Tables) -> pl.DataFrame:
@@ -202,8 +173,23 @@ def summary(t: Tables) -> pl.DataFrame:
 
 
 # --- 2. accuracy vs sharing ---------------------------------------------------------------------
-def clean_metrics(t: Tables, by: list[str]) -> pl.DataFrame:
-    """Clean primary metric per task (one column ``clean <task> <metric>``), mean over ``by``."""
+def _wide(frame: pl.DataFrame, index: list[str], intervals: bool) -> pl.DataFrame:
+    """Long (index, col, value[, value_lo, value_hi]) -> one column per ``col`` (``<col>_lo``,
+    ``<col>_hi`` beside it)."""
+    out = frame.pivot(on="col", index=index, values="value", sort_columns=True)
+    if not intervals:
+        return out
+    names = [c for c in out.columns if c not in index]
+    for end in ("lo", "hi"):
+        side = frame.pivot(on="col", index=index, values=f"value_{end}", sort_columns=True)
+        out = out.join(side.rename({c: f"{c}_{end}" for c in names}), on=index, how="left",
+                       nulls_equal=True)
+    return out.select(*index, *[f"{c}{e}" for c in names for e in ("", "_lo", "_hi")])
+
+
+def clean_metrics(t: Tables, by: list[str], intervals: bool = False) -> pl.DataFrame:
+    """Clean primary metric per task (one column ``clean <task> <metric>``), mean over the
+    trials of each ``by`` group (with ``intervals``, ``<column>_lo``/``_hi`` beside it)."""
     clean = final_epoch(t.measurements.filter(pl.col("kind") == "clean")).with_columns(
         pl.coalesce("clean", "adv").alias("value")).filter(pl.col("value").is_finite())
     pairs = clean.select("task", "metric").unique().collect()
@@ -215,15 +201,16 @@ def clean_metrics(t: Tables, by: list[str]) -> pl.DataFrame:
     if not chosen:
         return pl.DataFrame(schema={k: t.measurements.collect_schema()[k] for k in by})
     keep = pl.any_horizontal([(pl.col("task") == a) & (pl.col("metric") == b) for a, b in chosen])
-    return (clean.filter(keep).with_columns(pl.format("clean {} {}", "task", "metric").alias("col"))
-            .group_by(by + ["col"]).agg(pl.col("value").mean()).collect()
-            .pivot(on="col", index=by, values="value", sort_columns=True))
+    per = (clean.filter(keep).with_columns(pl.format("clean {} {}", "task", "metric").alias("col"))
+           .group_by(by + ["col"] + TRIAL).agg(pl.col("value").mean()))
+    return _wide(across_trials(per, by + ["col"], ["value"]), by, intervals)
 
 
 def cross_task_long(t: Tables, by: list[str] | None = None) -> pl.DataFrame:
-    """Mean Δ on task j (``target_task``) under ``single:<i>`` (``source_task``), long form."""
+    """Mean Δ on task j (``target_task``) under ``single:<i>`` (``source_task``), long form,
+    per ``regime`` of :func:`standard_trials` (the regime is a column, never averaged over)."""
     by = by or []
-    rows = final_epoch(_finite_delta(t.measurements, "cross_task")).filter(
+    rows = final_epoch(_finite_delta(standard_trials(t.measurements), "cross_task")).filter(
         pl.col("objective").str.starts_with("single:") & (pl.col("task") != "mean")).collect()
     if rows.is_empty():
         return pl.DataFrame(schema={"source_task": pl.String, "target_task": pl.String,
@@ -232,49 +219,54 @@ def cross_task_long(t: Tables, by: list[str] | None = None) -> pl.DataFrame:
     rows = rows.filter(pl.col("eps") == eps)
     method = (rows.group_by("attack_method").len()
               .sort(["len", "attack_method"], descending=[True, False])["attack_method"][0])
+    keys = by + ["regime"] * ("regime" not in by) + ["source_task", "target_task"]
     return (rows.filter(pl.col("attack_method") == method)
             .with_columns(pl.col("objective").str.strip_prefix("single:").alias("source_task"),
                           pl.col("task").alias("target_task"))
-            .group_by(by + ["source_task", "target_task"])
-            .agg(pl.col("rel_change").mean().alias("delta"))
+            .group_by(keys).agg(pl.col("rel_change").mean().alias("delta"))
             .with_columns(pl.lit(method).alias("attack_method"), pl.lit(eps).alias("eps"))
-            .sort(by + ["source_task", "target_task"]))
+            .sort(keys))
 
 
 def cross_task_matrix(long: pl.DataFrame) -> pl.DataFrame:
-    """The T×T matrix (rows: attacked task, columns: measured task) from :func:`cross_task_long`."""
+    """The T×T matrix (rows: attacked task, columns: measured task) from :func:`cross_task_long`,
+    one block of rows per ``regime`` when the long frame has one."""
     if long.is_empty():
         return long
-    return long.pivot(on="target_task", index="source_task", values="delta", sort_columns=True,
-                      aggregate_function="mean").sort("source_task")
+    index = [c for c in ("regime", "source_task") if c in long.columns]
+    return long.pivot(on="target_task", index=index, values="delta", sort_columns=True,
+                      aggregate_function="mean").sort(index)
 
 
 def tradeoff(t: Tables) -> tuple[pl.DataFrame, Attack | None]:
-    """Per layout: sharing, clean metrics, white-box Δ (reference attack), cross-task Δ.
+    """Per regime × layout: sharing, clean metrics, white-box Δ (reference attack), cross-task Δ,
+    each with its interval over trials (``_lo``/``_hi``).
 
-    Standard-trained, non-SAM trials only when the sweep has any (the DGBA paper's setting).
-    Cross-task Δ is the mean off-diagonal entry: damage on tasks that were not attacked.
+    Trials of :func:`standard_trials` only (the DGBA paper's setting), one group per regime.
+    Cross-task Δ is each trial's mean off-diagonal entry: damage on tasks not attacked.
     """
-    standard = t.measurements.filter(pl.col("regime") == "standard")
-    if standard.select(pl.len()).collect().item() == 0:
-        standard = t.measurements
+    standard = standard_trials(t.measurements)
     base = Tables(standard, t.epochs, t.timings)
-    keys = ["layout", "branch_point", "sharing"]
-    layouts = standard.select(keys + TRIAL).group_by(keys).agg(
-        _trials()).collect()
+    keys = ["regime", "layout", "branch_point", "sharing"]
+    out = standard.group_by(keys).agg(_trials()).collect()
     white = final_epoch(_finite_delta(standard, "whitebox")).filter(pl.col("task") == "mean")
     attack = reference_attack(white.select("attack_method", "objective", "eps").collect())
-    out = layouts.join(clean_metrics(base, keys), on=keys, how="left", nulls_equal=True)
+    clean = clean_metrics(base, keys, intervals=True)
+    if clean.columns != keys:
+        out = out.join(clean, on=keys, how="left", nulls_equal=True)
+    per = {}
     if attack is not None:
-        wb = (_only(white, attack).group_by("layout").agg(
-            pl.col("rel_change").mean().alias("whitebox_delta")).collect())
-        out = out.join(wb, on="layout", how="left")
-    cross = cross_task_long(base, ["layout"])
+        per["whitebox_delta"] = _only(white, attack).group_by(keys + TRIAL).agg(
+            pl.col("rel_change").mean().alias("whitebox_delta"))
+    cross = cross_task_long(base, TRIAL + keys)
     if not cross.is_empty():
-        off = (cross.filter(pl.col("source_task") != pl.col("target_task"))
-               .group_by("layout").agg(pl.col("delta").mean().alias("cross_task_delta")))
-        out = out.join(off, on="layout", how="left")
-    return out.sort(["sharing", "layout"], nulls_last=True), attack
+        per["cross_task_delta"] = (
+            cross.filter(pl.col("source_task") != pl.col("target_task"))
+            .group_by(keys + TRIAL).agg(pl.col("delta").mean().alias("cross_task_delta")))
+    for name, frame in per.items():
+        values = across_trials(frame, keys, [name]).drop("trials")
+        out = out.join(values, on=keys, how="left", nulls_equal=True)
+    return out.sort(["regime", "sharing", "layout"], nulls_last=True), attack
 
 
 # --- 4./5. transfer, early stopping, ρ ----------------------------------------------------------
@@ -292,58 +284,66 @@ def _transfer_values() -> list[pl.Expr]:
             .alias("transfer_delta")]
 
 
+TRANSFER = ["success_rate", "transfer_delta"]
+SHARPNESS = ["lambda_max", "sam_sharpness"]
+
+
 def _epoch_quantities(t: Tables, by: list[str], final: bool = False) -> pl.LazyFrame:
+    """Per trial × ``by``: λ_max, SAM-sharpness, LR and whether it was decayed."""
     e = t.epochs.filter(pl.col("kept")) if final else t.epochs
     e = final_epoch(e) if final else e
     q = pl.col("quantity")
-    return e.group_by(by).agg(
+    return e.group_by(by + TRIAL).agg(
         pl.col("value").filter(q == "lambda_max").mean().alias("lambda_max"),
         pl.col("value").filter(q == "sam_sharpness").mean().alias("sam_sharpness"),
         pl.col("lr").mean().alias("lr"), pl.col("lr_decayed").any().alias("lr_decayed"))
 
 
 def early_stopping(t: Tables) -> tuple[pl.DataFrame, Attack | None]:
-    """Per regime × epoch: transfer success/Δ (reference attack), λ_max, LR and its decays."""
+    """Per regime × epoch: transfer success/Δ (reference attack), λ_max, SAM-sharpness with
+    intervals over trials (means over the regime's layouts and seeds), LR and its decays."""
     rows, attack = _transfer(t)
     keys = ["regime", "epoch"]
-    transfer = rows.group_by(keys).agg(*_transfer_values(),
-                                       _trials())
-    out = (_epoch_quantities(t, keys).join(transfer, on=keys, how="full", coalesce=True)
-           .sort(keys).collect())
-    return out, attack
+    transfer = rows.group_by(keys + TRIAL).agg(*_transfer_values())
+    per = _epoch_quantities(t, keys).join(transfer, on=keys + TRIAL, how="full", coalesce=True)
+    out = across_trials(per, keys, TRANSFER + SHARPNESS)
+    extra = per.group_by(keys).agg(pl.col("lr").mean(), pl.col("lr_decayed").any()).collect()
+    return out.join(extra, on=keys, how="left").sort(keys), attack
 
 
 def transfer_vs_rho(t: Tables) -> tuple[pl.DataFrame, Attack | None]:
-    """Per ρ (and adversarial training on/off): final-checkpoint transfer and λ_max."""
+    """Per training regime (AT and other settings, without ρ) × ρ: final-checkpoint transfer
+    and λ_max with intervals over trials (means over layouts and seeds)."""
     rows, attack = _transfer(t)
-    keys = ["adversarial", "rho"]
-    transfer = final_epoch(rows).group_by(keys).agg(
-        *_transfer_values(), _trials())
-    sharp = _epoch_quantities(t, keys, final=True).select(keys + ["lambda_max", "sam_sharpness"])
-    out = transfer.join(sharp, on=keys, how="left").sort(keys).collect()
-    return out, attack
+    keys = ["adversarial", "base_regime", "rho"]
+    transfer = final_epoch(rows).group_by(keys + TRIAL).agg(*_transfer_values())
+    sharp = _epoch_quantities(t, keys, final=True).drop("lr", "lr_decayed")
+    per = transfer.join(sharp, on=keys + TRIAL, how="left")
+    return across_trials(per, keys, TRANSFER + SHARPNESS).sort(keys), attack
 
 
 # --- 6. clean vs adversarially trained; timings -------------------------------------------------
 def clean_vs_adversarial(t: Tables) -> pl.DataFrame:
-    """Per training (``standard`` or the adv_train label): clean metrics and white-box Δ.
-
-    White-box Δ columns are per objective family at each family's largest ε.
+    """Per training (``standard`` or the adv_train label, with any other varied setting):
+    clean metrics and white-box Δ, at the sweep's smallest ρ (column ``rho``) so SAM/RFN
+    trials are not averaged in. Δ columns are per objective family at each family's largest
+    ε, with ``_lo``/``_hi`` intervals over trials.
     """
-    training = pl.when(pl.col("adversarial")).then(pl.col("adv_train")).otherwise(
-        pl.lit("standard")).alias("training")
-    m = t.measurements.with_columns(training)
+    label = pl.when(pl.col("adversarial")).then(pl.col("adv_train")).otherwise(
+        pl.lit("standard"))
+    settings = [pl.lit(f" {s}=") + pl.col(s).cast(pl.String).fill_null("–") for s in t.settings]
+    m = t.measurements.filter(pl.col("rho").fill_null(0.0) == pl.col("rho").fill_null(0.0).min())
+    m = m.with_columns(pl.concat_str([label, *settings]).alias("training"))
     base = Tables(m, t.epochs, t.timings)
-    out = (m.group_by("training").agg(_trials())
+    out = (m.group_by("training").agg(_trials(), pl.col("rho").fill_null(0.0).min())
            .collect().join(clean_metrics(base, ["training"]), on="training", how="left"))
     white = (final_epoch(_finite_delta(m, "whitebox")).filter(pl.col("task") == "mean")
              .with_columns(objective_family().alias("family"))
-             .filter(pl.col("eps") == pl.col("eps").max().over("family")).collect())
-    if not white.is_empty():
-        wide = (white.with_columns(pl.format("Δ {} ε={}", "family", eps_label())
-                                   .alias("col"))
-                .pivot(on="col", index="training", values="rel_change",
-                       aggregate_function="mean", sort_columns=True))
+             .filter(pl.col("eps") == pl.col("eps").max().over("family")))
+    per = (white.with_columns(pl.format("Δ {} ε={}", "family", eps_label()).alias("col"))
+           .group_by(["training", "col"] + TRIAL).agg(pl.col("rel_change").mean().alias("value")))
+    if per.select(pl.len()).collect().item():
+        wide = _wide(across_trials(per, ["training", "col"], ["value"]), ["training"], True)
         out = out.join(wide, on="training", how="left")
     rows, attack = _transfer(base)
     if attack is not None:
@@ -360,7 +360,7 @@ def timings(t: Tables) -> pl.DataFrame:
 
 
 def overview(t: Tables) -> dict[str, object]:
-    """Counts for the report's header."""
+    """Counts for the report's header (``rows``: the measurement rows analysed)."""
     m = t.measurements.select(
         pl.col("sweep").unique().sort().implode().alias("sweeps"),
         pl.struct(TRIAL).n_unique().alias("trials"), pl.col("layout").n_unique().alias("layouts"),
@@ -368,3 +368,16 @@ def overview(t: Tables) -> dict[str, object]:
         ((pl.col("metric") == "delta") & pl.col("rel_change").is_nan()).sum()
         .alias("undefined_deltas")).collect()
     return m.row(0, named=True)
+
+
+def interval_columns(frame: pl.DataFrame) -> list[str]:
+    """The ``_lo``/``_hi``/``_std`` columns of a query's frame (for tables that hide them)."""
+    return [c for c in frame.columns if c.endswith(("_lo", "_hi", "_std"))]
+
+
+__all__ = ["Attack", "INTERVAL_RULE", "NO_LAYOUT", "TRIAL", "Tables", "across_trials",
+           "clean_metrics", "clean_vs_adversarial", "cross_task_long", "cross_task_matrix",
+           "delta_by_objective", "early_stopping", "eps_label", "final_epoch", "interval_columns",
+           "layout_info", "load_tables", "objective_family", "objective_rank", "overview",
+           "reference_attack", "standard_trials", "summary", "t95", "timings", "tradeoff",
+           "transfer_vs_rho"]

@@ -1,27 +1,54 @@
 """PNG figures of the analysis frames (matplotlib, Agg canvas; no pyplot global state).
 
 Each function takes a frame from :mod:`orchestrator.analyze`, writes one PNG and returns its path.
-Δ is plotted as stored: negative = the attack hurt.
+Δ is plotted as stored: negative = the attack hurt. Rules every figure keeps (issue 13):
+every configuration is drawn (facets or separate lines) or the selection is written in the
+figure; ticks sit only at measured values (integers for epochs and branch points, a symlog
+axis for ρ so 0 and 0.05 stay apart); legends sit outside the axes; a value with several trials
+behind it carries its interval (``<v>_lo``/``<v>_hi``, rule :data:`analyze.INTERVAL_RULE`,
+stated in the caption); text is at least 9 pt in figures at most about 12 inches wide.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from functools import wraps
 from pathlib import Path
+from typing import Any
 
+import matplotlib
 import polars as pl
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, NullLocator
+
 
 DPI = 110
+MOST_PANELS = 24
+MOST_TICKS = 12
+STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
+         "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 12,
+         "lines.markersize": 5, "errorbar.capsize": 3}
+MARKERS = "osD^vP*Xph<>"
+LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _figure(panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list]:
-    cols = min(panels, 3)
+def _styled(draw: Callable[..., Path]) -> Callable[..., Path]:
+    @wraps(draw)
+    def inner(*args: Any, **kwargs: Any) -> Path:
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+    return inner
+
+
+def _figure(panels: int, cols: int = 3, width: float = 4.0, height: float = 3.0,
+            extra_width: float = 0.0, **share: Any) -> tuple[Figure, list[Axes]]:
+    cols = max(1, min(panels, cols))
     rows = math.ceil(panels / cols)
-    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    fig = Figure(figsize=(width * cols + extra_width, height * rows + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    axes = fig.subplots(rows, cols, squeeze=False, **share).ravel().tolist()
     for ax in axes[panels:]:
         ax.set_visible(False)
     return fig, axes[:panels]
@@ -41,139 +68,288 @@ def _spread(items: list, most: int) -> list:
     return [items[round(i * step)] for i in range(most)]
 
 
-def delta_vs_eps(frame: pl.DataFrame, path: Path, most: int = 6) -> Path:
-    """White-box Δ vs ε, one line per method × objective, one panel per layout × regime."""
-    groups = frame.select("layout", "regime", "sharing").unique(maintain_order=True).rows()
-    groups = _spread(groups, most)
-    fig, axes = _figure(len(groups))
-    for ax, (layout, regime, sharing) in zip(axes, groups):
+def _ticks(ax: Axes, values: Sequence[float], label: Callable[[float], str] = "{:g}".format,
+           axis: str = "x") -> None:
+    """Major ticks only at measured ``values`` (at most MOST_TICKS, evenly picked); no minor."""
+    shown = _spread(sorted({float(v) for v in values if v is not None}), MOST_TICKS)
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(FixedLocator(shown))
+    target.set_minor_locator(NullLocator())
+    target.set_ticklabels([label(v) for v in shown])
+
+
+def _line(ax: Axes, rows: pl.DataFrame, x: str, y: str, shift: float = 0.0, **style: Any) -> Any:
+    """``y`` against ``x`` with its interval as error bars where ``<y>_lo``/``_hi`` exist."""
+    rows = rows.filter(pl.col(y).is_not_null()).sort(x)
+    xs = [v + shift for v in rows[x].to_list()]
+    ys = rows[y].to_list()
+    if f"{y}_lo" in rows.columns:
+        lo = [v - a if a is not None else 0.0 for v, a in zip(ys, rows[f"{y}_lo"].to_list())]
+        hi = [b - v if b is not None else 0.0 for v, b in zip(ys, rows[f"{y}_hi"].to_list())]
+        if any(lo) or any(hi):
+            return ax.errorbar(xs, ys, yerr=[lo, hi], **style)
+    return ax.plot(xs, ys, **style)[0]
+
+
+def bars_rule(trials: Sequence[int | None]) -> str:
+    """What the error bars of points with these trial counts are (the rule of
+    :data:`analyze.INTERVAL_RULE`, naming only the cases that occur)."""
+    counts = {n or 1 for n in trials}
+    if counts <= {1}:
+        return "one trial per point: no error bars"
+    parts = []
+    if any(n >= 3 for n in counts):
+        parts.append("95 % t-interval of the mean over trials (n ≥ 3)")
+    if 2 in counts:
+        parts.append("min–max of the two trials (n = 2)")
+    if 1 in counts:
+        parts.append("none for a single trial")
+    return "bars: " + "; ".join(parts)
+
+
+def _caption(frame: pl.DataFrame, *parts: str) -> str:
+    """The figure's caption: what it selects, then what its bars are (or that there are none)."""
+    trials = frame["trials"].to_list() if "trials" in frame.columns else [1]
+    return "\n".join([*(p for p in parts if p), bars_rule(trials)])
+
+
+def _legend(fig: Figure, axes: Sequence[Axes], title: str | None = None,
+            order: Sequence[str] = ()) -> None:
+    """One legend for the figure, outside the axes on the right (each label once, in
+    ``order`` first)."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    labels = [x for x in order if x in seen] + [x for x in seen if x not in order]
+    if labels:
+        fig.legend([seen[x] for x in labels], labels, loc="outside right upper", title=title)
+
+
+def _styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A colour and marker per label, the same in every panel of a figure."""
+    return {label: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
+            for i, label in enumerate(labels)}
+
+
+# --- figures ------------------------------------------------------------------------------------
+@_styled
+def delta_vs_eps(frame: pl.DataFrame, path: Path, most: int = MOST_PANELS) -> Path:
+    """White-box Δ vs ε, one line per objective (line style per method), one panel per
+    regime × layout: every group, or an evenly spaced ``most`` of them, said in the caption."""
+    bp = pl.col("branch_point") if "branch_point" in frame.columns else pl.lit(None, pl.Int64)
+    groups = (frame.select("regime", "sharing", "layout", bp.alias("bp")).unique()
+              .sort("regime", "sharing", "layout", nulls_last=True).rows())
+    shown = _spread(groups, most)
+    layouts = frame["layout"].n_unique()
+    objectives = (frame.select("objective").unique().sort(
+        [pl.col("objective").replace_strict({"dgba": 0, "total": 1, "signsum": 2, "minmax": 3},
+                                            default=9), "objective"])["objective"].to_list())
+    methods = sorted(frame["attack_method"].unique().to_list())
+    colours = _styles(objectives)
+    cols = min(len(shown), layouts if layouts <= 3 else 3)
+    fig, axes = _figure(len(shown), cols=cols, width=4.0, height=2.8, extra_width=3.2,
+                        sharey=True)
+    for i, (ax, (regime, sharing, layout, k)) in enumerate(zip(axes, shown)):
         rows = frame.filter((pl.col("layout") == layout) & (pl.col("regime") == regime))
-        for (method, objective), line in rows.sort("eps").group_by(
-                ["attack_method", "objective"], maintain_order=True):
-            ax.plot(line["eps"], line["delta"], marker="o", label=f"{objective} ({method})",
-                    linewidth=2.2 if objective == "dgba" else 1.2)
+        for objective in objectives:
+            for m, method in enumerate(methods):
+                line = rows.filter((pl.col("objective") == objective)
+                                   & (pl.col("attack_method") == method))
+                if line.height:
+                    _line(ax, line, "eps", "delta", label=f"{objective} ({method})",
+                          linestyle=LINESTYLES[m % 4], linewidth=2.4 if objective == "dgba"
+                          else 1.3, **colours[objective])
+        where = f"layout {layout}" if k is None else f"branch point {k}"
         share = "" if sharing is None else f", sharing {sharing:.2f}"
-        ax.set_title(f"{layout}\n{regime}{share}", fontsize=8)
-        ax.set_xlabel("ε (1/255)")
-        ax.set_xticks(sorted(set(rows["eps"].to_list())))  # ticks only where measured
-        ax.set_ylabel("Δ (mean over tasks)")
+        n = rows["trials"].max()
+        ax.set_title(f"{regime}\n{where}{share}, n = {n} trial{'s' * (n != 1)}", fontsize=9)
+        _ticks(ax, rows["eps"].to_list())
+        if i >= len(shown) - cols:
+            ax.set_xlabel("ε (1/255)")
         ax.axhline(0, color="grey", linewidth=0.6)
-        ax.legend(fontsize=6)
-    fig.suptitle("White-box relative change by objective\n(lower = stronger attack)",
-                 fontsize=10)
+        ax.yaxis.set_tick_params(labelleft=True)
+    fig.supylabel("Δ, mean over tasks (lower = stronger attack)")
+    _legend(fig, axes, "objective (method)")
+    selection = ("" if len(shown) == len(groups) else
+                 f"{len(shown)} of {len(groups)} regime × layout groups shown (evenly spaced "
+                 "by sharing); every group is in delta_by_objective.csv")
+    fig.suptitle("White-box Δ by objective and ε")
+    fig.supxlabel(_caption(frame, selection), fontsize=9)
     return _save(fig, path)
 
 
+@_styled
 def tradeoff(frame: pl.DataFrame, x: str, attack_label: str, path: Path) -> Path:
-    """Clean metrics, white-box Δ and cross-task Δ against the amount of sharing."""
+    """Clean metrics, white-box Δ and cross-task Δ against the amount of sharing, one line
+    per regime of the frame, one panel per quantity (their scales differ)."""
     frame = frame.filter(pl.col(x).is_not_null()).sort(x)
-    clean_cols = [c for c in frame.columns if c.startswith("clean ")]
-    fig, axes = _figure(len(clean_cols) + 2)  # one panel per clean metric: their scales differ
-    for ax, col in zip(axes, clean_cols):
-        ax.plot(frame[x], frame[col], marker="o", color="tab:blue")
-        ax.set_title(col, fontsize=9)
-    for ax, col, title in ((axes[-2], "whitebox_delta", f"white-box Δ ({attack_label})"),
-                           (axes[-1], "cross_task_delta", "cross-task Δ (off-diagonal mean)")):
-        if col in frame.columns:
-            ax.plot(frame[x], frame[col], marker="o", color="tab:red")
+    clean_cols = [c for c in frame.columns if c.startswith("clean ") and
+                  not c.endswith(("_lo", "_hi"))]
+    regimes = (frame["regime"].unique().sort().to_list() if "regime" in frame.columns
+               else ["all trials"])
+    styles = _styles(regimes)
+    fig, axes = _figure(len(clean_cols) + 2, cols=3, width=3.8, height=3.0, extra_width=2.4)
+    panels = [(c, c.removeprefix("clean "), False) for c in clean_cols] + [
+        ("whitebox_delta", f"white-box Δ\n{attack_label}", True),
+        ("cross_task_delta", "cross-task Δ\n(mean on tasks not attacked)", True)]
+    for ax, (col, title, zero) in zip(axes, panels):
+        if col in frame.columns and frame[col].drop_nulls().len():
+            for regime in regimes:
+                rows = frame.filter(pl.col("regime") == regime) if "regime" in frame.columns \
+                    else frame
+                _line(ax, rows, x, col, label=regime, **styles[regime])
         else:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-        ax.axhline(0, color="grey", linewidth=0.6)
-        ax.set_title(title, fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("branch point (shared blocks)" if x == "branch_point" else "sharing")
-    fig.suptitle("Sharing trade-off: accuracy vs vulnerability")
+        if zero:
+            ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_title(("clean " if not zero else "") + title, fontsize=9)
+        if x == "branch_point":
+            _ticks(ax, frame[x].to_list(), lambda v: f"{v:.0f}")
+            ax.set_xlabel("branch point (shared blocks)")
+        else:
+            _ticks(ax, frame[x].to_list(), lambda v: f"{v:.2f}")
+            ax.set_xlabel("sharing")
+            ax.tick_params(axis="x", labelrotation=45)
+    _legend(fig, axes, "regime", regimes)
+    fig.suptitle("Sharing trade-off: clean accuracy vs vulnerability")
+    fig.supxlabel(_caption(frame, "Trials without adversarial training and with ρ = 0 when the "
+                                  "sweep has them (the DGBA paper's setting); means over seeds"),
+                  fontsize=9)
     return _save(fig, path)
 
 
+@_styled
 def cross_task_heatmaps(matrices: list[tuple[str, pl.DataFrame]], path: Path) -> Path:
-    """One heat map per (title, matrix); rows attacked task, columns measured task."""
-    fig, axes = _figure(len(matrices), width=4.6, height=4.0)
+    """One heat map per (title, matrix); rows attacked task, columns measured task; a matrix
+    with several regimes labels its rows ``regime: task``, with one it names it in the title."""
+    fig, axes = _figure(len(matrices), cols=2, width=5.2, height=4.6)
     for ax, (title, matrix) in zip(axes, matrices):
-        targets = [c for c in matrix.columns if c != "source_task"]
+        targets = [c for c in matrix.columns if c not in ("source_task", "regime")]
         values = matrix.select(targets).to_numpy().astype(float)
+        regimes = matrix["regime"].unique().to_list() if "regime" in matrix.columns else []
+        rows = matrix["source_task"].to_list()
+        if len(regimes) > 1:
+            rows = [f"{r}: {s}" for r, s in zip(matrix["regime"].to_list(), rows)]
+        elif regimes:
+            title = f"{title} — {regimes[0]}"
         bound = max(1e-12, float(abs(values[~(values != values)]).max(initial=0.0)))
-        image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound)
-        ax.set_xticks(range(len(targets)), targets, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(matrix.height), matrix["source_task"].to_list(), fontsize=7)
+        image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+        ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right")
+        ax.set_yticks(range(len(rows)), rows)
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
                 if values[i, j] == values[i, j]:
                     dark = abs(values[i, j]) > 0.6 * bound
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9,
                             color="white" if dark else "black")
         ax.set_xlabel("measured task")
         ax.set_ylabel("attacked task (single:<task>)")
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8, label="Δ")
-    fig.suptitle("Cross-task transfer")
+    fig.suptitle("Cross-task transfer (Δ on the measured task)")
     return _save(fig, path)
 
 
+@_styled
 def early_stopping(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
-    """Transfer success, transfer Δ and λ_max per epoch (stacked panels, one colour per
-    regime); LR decays as dotted lines just before the first epoch at the lower rate."""
-    panels = [("success_rate", "transfer success rate"), ("transfer_delta", "transfer Δ"),
-              ("lambda_max", "Hessian λ_max")]
-    panels = [(c, label) for c, label in panels if frame[c].drop_nulls().len() > 0]
-    fig = Figure(figsize=(8.5, 2.4 * max(1, len(panels)) + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(max(1, len(panels)), 1, sharex=True, squeeze=False).ravel().tolist()
+    """Transfer success, transfer Δ, λ_max and SAM-sharpness per early-stopping epoch (one
+    panel each), one line per regime (nudged sideways so bars do not overlap); LR decays as
+    dotted lines just before the first epoch at the lower rate."""
+    panels = [(c, label) for c, label in (
+        ("success_rate", "transfer success rate"), ("transfer_delta", "transfer Δ"),
+        ("lambda_max", "Hessian λ_max"), ("sam_sharpness", "SAM-sharpness"))
+        if c in frame.columns and frame[c].drop_nulls().len() > 0]
+    regimes = frame["regime"].unique().sort().to_list()
+    styles = _styles(regimes)
+    fig, axes = _figure(max(1, len(panels)), cols=2, width=4.6, height=3.2, extra_width=3.2,
+                        sharex=True)
     decays = frame.filter(pl.col("lr_decayed").fill_null(False))["epoch"].unique().sort()
+    measured = frame.filter(pl.any_horizontal(pl.col(c).is_not_null() for c, _ in panels)
+                            if panels else pl.lit(True))["epoch"].to_list()
+    width = 0.3 / max(1, len(regimes) - 1)
     for ax, (column, label) in zip(axes, panels):
-        regimes = frame.sort("epoch").group_by(["regime"], maintain_order=True)
-        for index, ((regime,), rows) in enumerate(regimes):
-            line = rows.filter(pl.col(column).is_not_null())
-            if line.height:
-                ax.plot(line["epoch"], line[column], marker="o", color=f"C{index % 10}",
-                        label=regime, linestyle="--" if column == "lambda_max" else "-")
+        for i, regime in enumerate(regimes):
+            _line(ax, frame.filter(pl.col("regime") == regime), "epoch", column,
+                  shift=(i - (len(regimes) - 1) / 2) * width if len(regimes) > 1 else 0.0,
+                  label=regime, **styles[regime])
         for i, epoch in enumerate(decays.to_list()):
             ax.axvline(epoch - 0.5, color="grey", linestyle=":",
-                       label="LR decay" if i == 0 else None)
-        ax.set_ylabel(label, fontsize=8)
-    axes[-1].set_xlabel("early-stopping epoch")
-    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    if panels:
-        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside right")
-    fig.suptitle(f"Transfer and sharpness vs early stopping ({attack_label})", fontsize=9)
+                       label="LR decay (before this epoch)" if i == 0 else None)
+        ax.set_title(label)
+        _ticks(ax, measured, lambda v: f"{v:.0f}")
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.set_xlabel("early-stopping epoch")
+    _legend(fig, axes, "regime", regimes)
+    fig.suptitle(f"Transfer and sharpness vs early stopping ({attack_label})")
+    fig.supxlabel(_caption(frame, "Each point: mean over the regime's trials (its layouts and "
+                                  "seeds); lines nudged sideways to keep them apart"),
+                  fontsize=9)
     return _save(fig, path)
 
 
+@_styled
 def transfer_vs_rho(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
-    """Transfer success and transfer Δ against the SAM/RFN neighbourhood size ρ."""
+    """Transfer success, transfer Δ and λ_max against the SAM/RFN neighbourhood size ρ on a
+    symlog axis (linear below the smallest ρ > 0, so 0 and 0.05 stay apart), one line per
+    training regime without ρ (``base_regime``, else adversarial or not)."""
     panels = [(c, label) for c, label in (("success_rate", "transfer success rate"),
-                                          ("transfer_delta", "transfer Δ"))
-              if frame[c].drop_nulls().len() > 0]
-    fig, axes = _figure(max(1, len(panels)), width=5.0, height=3.8)
-    log = frame["rho"].min() > 0 and frame["rho"].max() / frame["rho"].min() > 20
+                                          ("transfer_delta", "transfer Δ"),
+                                          ("lambda_max", "surrogate Hessian λ_max"))
+              if c in frame.columns and frame[c].drop_nulls().len() > 0]
+    if "base_regime" in frame.columns:
+        group = pl.col("base_regime")
+    else:
+        group = pl.when(pl.col("adversarial")).then(pl.lit("adversarially trained")).otherwise(
+            pl.lit("standard"))
+    frame = frame.with_columns(group.alias("_line"))
+    lines = frame["_line"].unique().sort().to_list()
+    styles = _styles(lines)
+    fig, axes = _figure(max(1, len(panels)), cols=3, width=3.9, height=3.2, extra_width=2.8)
+    positive = frame.filter(pl.col("rho") > 0)["rho"]
     for ax, (column, label) in zip(axes, panels):
-        groups = frame.sort("rho").group_by(["adversarial"], maintain_order=True)
-        for (adversarial,), rows in groups:
-            rows = rows.filter(pl.col(column).is_not_null())
-            ax.plot(rows["rho"], rows[column], marker="o",
-                    label="adversarially trained" if adversarial else "standard")
-        if log:
-            ax.set_xscale("log")
-        ax.set_xlabel("ρ (SAM neighbourhood size)")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Transfer vs ρ ({attack_label})", fontsize=9)
+        for line in lines:
+            _line(ax, frame.filter(pl.col("_line") == line), "rho", column, label=line,
+                  **styles[line])
+        if positive.len():
+            ax.set_xscale("symlog", linthresh=float(positive.min()), linscale=0.6)
+        _ticks(ax, frame["rho"].to_list())
+        ax.set_xlabel("ρ (SAM/RFN neighbourhood size)")
+        ax.set_title(label)
+    _legend(fig, axes, "training", lines)
+    fig.suptitle(f"Transfer vs ρ ({attack_label})")
+    fig.supxlabel(_caption(frame, "Final checkpoints; each point: mean over that ρ's trials "
+                                  "(layouts and seeds); symlog x axis"), fontsize=9)
     return _save(fig, path)
 
 
+@_styled
 def clean_vs_adversarial(frame: pl.DataFrame, path: Path) -> Path:
-    """Grouped bars: white-box Δ per objective family, one bar per training regime."""
-    cols = [c for c in frame.columns if c.startswith("Δ ")]
-    fig, (ax,) = _figure(1, width=max(6.0, 1.2 * len(cols) + 2), height=4.0)
+    """Grouped bars: white-box Δ per objective family, one bar per training regime, with the
+    interval of each bar."""
+    rank = {f: i for i, f in enumerate(("dgba", "total", "signsum", "minmax", "single"))}
+    cols = sorted((c for c in frame.columns
+                   if c.startswith("Δ ") and not c.endswith(("_lo", "_hi"))),
+                  key=lambda c: (rank.get(c.split()[1], 9), c))
+    fig, (ax,) = _figure(1, width=max(6.0, 1.1 * len(cols) + 2.5), height=4.0, extra_width=2.8)
     width = 0.8 / max(1, frame.height)
     for i, row in enumerate(frame.iter_rows(named=True)):
         xs = [j + i * width for j in range(len(cols))]
-        ax.bar(xs, [row[c] if row[c] is not None else math.nan for c in cols], width,
-               label=str(row["training"]))
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols, rotation=20,
-                  fontsize=7)
+        ys = [row[c] if row[c] is not None else math.nan for c in cols]
+        lo = [y - row[f"{c}_lo"] if row.get(f"{c}_lo") is not None else 0.0
+              for y, c in zip(ys, cols)]
+        hi = [row[f"{c}_hi"] - y if row.get(f"{c}_hi") is not None else 0.0
+              for y, c in zip(ys, cols)]
+        ax.bar(xs, ys, width, yerr=[lo, hi] if any(lo) or any(hi) else None,
+               label=f"{row['training']} (n = {row['trials']})", color=f"C{i % 10}")
+    ax.set_xticks([j + (frame.height - 1) * width / 2 for j in range(len(cols))], cols,
+                  rotation=20, ha="right")
     ax.axhline(0, color="grey", linewidth=0.6)
-    ax.set_ylabel("white-box Δ")
-    ax.legend(fontsize=7)
-    ax.set_title("Clean vs adversarially trained models")
+    ax.set_ylabel("white-box Δ (lower = stronger attack)")
+    rho = frame["rho"].max() if "rho" in frame.columns else None
+    _legend(fig, [ax], "training")
+    fig.suptitle("Clean vs adversarially trained models")
+    fig.supxlabel(_caption(frame, "" if rho is None else
+                           f"Trials at ρ = {rho:g} only (SAM/RFN surrogates are in section 5); "
+                           "Δ at each objective family's largest ε"), fontsize=9)
     return _save(fig, path)

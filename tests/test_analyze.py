@@ -131,7 +131,7 @@ def test_layout_columns_derive_sharing_and_branch_point(tables: A.Tables) -> Non
         row = info.filter(pl.col("layout") == layout(k))
         assert row["sharing"].to_list() == [pytest.approx(k / 5)]
         assert row["branch_point"].to_list() == [k]
-    info = A._layout_info([layout(2), "0+1+2|0,1+2|0,1,2|0,1,2|0,1,2", "not a layout"])
+    info = A.layout_info([layout(2), "0+1+2|0,1+2|0,1,2|0,1,2|0,1,2", "not a layout"])
     assert info.row(0) == (layout(2), pytest.approx(0.4), 2)
     assert info.row(1)[2] is None  # a layout, but not a branch-point one
     assert info.row(2)[1:] == (None, None)

@@ -1,0 +1,165 @@
+"""The result tables as the analysis reads them: each table read ONCE, into memory.
+
+`mtlsweep analyze` runs a few dozen queries. Run on lazy scans of the per-trial files, each
+query re-read every file (89 s and 4.8 GB at 10,000 trials, issue 12); here the footer pass
+(orchestrator/results_reading.py) runs once per table, the rows are read once with polars'
+streaming engine, and every query runs on the frames in memory (``Tables`` holds them as lazy
+frames over that memory, so queries stay lazy expressions without touching the files).
+
+Only the rows the analysis uses are kept, so a 10,000-trial sweep fits in memory: clean rows,
+success rates, mean Δ over tasks, and the per-task Δ of cross-task attacks (the matrix). The
+per-task metric rows of attacks (clean/adv of each metric, per-task Δ of white-box and transfer
+attacks: 85 % of the demo's rows) are not kept; ``read_results`` shows them.
+
+Each trial also gets, from one small per-trial table: ``sharing`` and ``branch_point`` (from its
+layout), ``adversarial`` and ``regime``: the training regime a plot never averages across, made
+of adversarial training, ρ and every other trial setting the sweep varies (optimizer, training
+length, dataset, model, and any ``axes:`` column except seeds), e.g. ``AT dgba-fgsm-8 ρ=0.5``
+or ``standard optimizer=adam``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import polars as pl
+
+from mtl.models import Layout  # pure Python: no torch
+from orchestrator.results_reading import ResultScan, Skipped, scan_results, warn_skipped
+
+TRIAL = ["sweep", "trial_id"]
+NO_LAYOUT = "no layout"
+NOT_ADVERSARIAL = ("none", "", "false", "no", "standard")
+SETTINGS = ("optimizer", "train_epochs", "dataset", "model")
+"""Trial-level columns that name a regime when the sweep varies them (beside AT and ρ)."""
+UNREAD = ("schema_version", "surrogate_id", "attack_options")
+"""Measurement columns no query uses; not kept in memory."""
+CHUNK_FILES = 2000
+"""Files read per streaming pass: the reader's buffers stay small (10,000 files read in one
+pass peaked at 1.8 GB, in passes of 2,000 at 1.2 GB, for 470 MB of rows kept)."""
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The three result tables in memory (latest attempt only; ``measurements`` holds the rows
+    the analysis uses, see the module docstring), with ``sharing``, ``branch_point``,
+    ``adversarial``, ``regime`` and ``base_regime`` (without ρ) added; ``settings``: the
+    varied trial columns named in ``regime``; ``skipped``: the result files left out
+    (corrupt, foreign, duplicate: results_reading.py)."""
+    measurements: pl.LazyFrame
+    epochs: pl.LazyFrame
+    timings: pl.LazyFrame
+    skipped: tuple[Skipped, ...] = ()
+    settings: tuple[str, ...] = ()
+
+
+def is_adversarial() -> pl.Expr:
+    """Whether ``adv_train`` names adversarial training (not none/standard/empty)."""
+    return ~pl.col("adv_train").fill_null("none").str.to_lowercase().is_in(NOT_ADVERSARIAL)
+
+
+def layout_info(layouts: Iterable[str]) -> pl.DataFrame:
+    """sharing in [0, 1] and branch point (if the layout is one) for each canonical string;
+    both null for a string that is not a layout. (`Layout` is pure Python: no torch import.)"""
+    rows = []
+    for text in layouts:
+        try:
+            layout = Layout.parse(text)
+            sharing, k = layout.sharing(), layout.branch_point_of()
+        except ValueError:
+            sharing, k = None, None
+        rows.append({"layout": text, "sharing": sharing, "branch_point_of": k})
+    return pl.DataFrame(rows, schema={"layout": pl.String, "sharing": pl.Float64,
+                                      "branch_point_of": pl.Int64})
+
+
+def _analysed_rows() -> pl.Expr:
+    kind, metric = pl.col("kind"), pl.col("metric")
+    return ((kind == "clean") | (metric == "success_rate")
+            | ((metric == "delta") & ((kind == "cross_task") | (pl.col("task") == "mean"))))
+
+
+def _with_kind(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Pre-``kind`` files: infer it from the attack columns (cross-task rows read as
+    white-box)."""
+    return frame.with_columns(pl.coalesce(
+        pl.col("kind"),
+        pl.when(pl.col("target_id").is_not_null()).then(pl.lit("transfer"))
+        .when(pl.col("objective") == "none").then(pl.lit("clean"))
+        .otherwise(pl.lit("whitebox"))).alias("kind"))
+
+
+def _read(scan: ResultScan, shape: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.DataFrame:
+    """The rows of ``scan``'s files, each row read once, ``CHUNK_FILES`` files at a time,
+    each pass through ``shape`` (filters and projections) with polars' streaming engine."""
+    files = scan.files
+    parts = [shape(ResultScan(scan.table, files[i:i + CHUNK_FILES], ()).frame())
+             .collect(engine="streaming") for i in range(0, len(files), CHUNK_FILES)]
+    if not parts:
+        return shape(scan.frame()).collect()
+    return parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
+
+
+def _latest_attempt(frame: pl.DataFrame) -> pl.DataFrame:
+    attempt = pl.col("attempt").fill_null(0)  # files older than the attempt column
+    return frame.filter(attempt == attempt.max().over(TRIAL))
+
+
+def _varied(trials: pl.DataFrame, names: Iterable[str]) -> list[str]:
+    return [n for n in names if n in trials.columns
+            and trials.select(pl.col(n).cast(pl.String).n_unique()).item() > 1]
+
+
+def _trial_info(trials: pl.DataFrame, settings: list[str]) -> pl.DataFrame:
+    """Per trial: sharing, branch_point_of, adversarial, regime and base_regime (the regime
+    without ρ), one row per trial."""
+    info = layout_info(trials["layout"].drop_nulls().unique().sort().to_list())
+    at = pl.when(is_adversarial()).then(pl.lit("AT ") + pl.col("adv_train").fill_null("")) \
+        .otherwise(pl.lit("standard"))
+    rho = pl.lit(" ρ=") + pl.col("rho").round(4).cast(pl.String).str.strip_suffix(".0")
+    rest = [pl.lit(f" {name}=") + pl.col(name).cast(pl.String).fill_null("–")
+            for name in settings]
+    return (trials.join(info, on="layout", how="left")
+            .with_columns(pl.concat_str([pl.when(pl.col("rho") > 0).then(at + rho)
+                                         .otherwise(at), *rest]).alias("regime"),
+                          pl.concat_str([at, *rest]).alias("base_regime"),
+                          is_adversarial().alias("adversarial"))
+            .select(*TRIAL, "sharing", "branch_point_of", "adversarial", "regime",
+                    "base_regime"))
+
+
+def _enrich(frame: pl.DataFrame, info: pl.DataFrame) -> pl.DataFrame:
+    return (frame.join(info, on=TRIAL, how="left")
+            .with_columns(pl.coalesce("branch_point", "branch_point_of").alias("branch_point"))
+            .drop("branch_point_of"))
+
+
+def load_tables(results_dir: str | os.PathLike, sweep: str | None = None) -> Tables:
+    """Read the three tables under ``results_dir`` (optionally one ``sweep``) once, for
+    analysis. Files that do not count are skipped, each named in a ResultsWarning and in
+    ``skipped``."""
+    scans = [scan_results(results_dir, t) for t in ("measurements", "epochs", "timings")]
+    skipped = tuple(s for scan in scans for s in scan.skipped)
+    warn_skipped(skipped)
+    axes = sorted({name for scan in scans for f in scan.files for name in f.axes
+                   if name.rsplit(".", 1)[-1] not in ("seed", "seeds")})
+
+    def only(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame if sweep is None else frame.filter(pl.col("sweep") == sweep)
+
+    def analysed(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return _with_kind(only(frame)).filter(_analysed_rows()).drop(UNREAD, strict=False)
+
+    m, e, timings = (_latest_attempt(_read(scan, analysed if scan.table == "measurements"
+                                           else only)) for scan in scans)
+    # a model without layouts (a user's own) has a null layout: one named group, not null keys
+    m, e = (f.with_columns(pl.col("layout").fill_null(NO_LAYOUT)) for f in (m, e))
+    level = [c for c in ("layout", "adv_train", "rho", *SETTINGS, *axes) if c in m.columns]
+    trials = pl.concat([m.select(TRIAL + level).unique(TRIAL),
+                        e.select(TRIAL + [c for c in level if c in e.columns]).unique(TRIAL)],
+                       how="diagonal_relaxed").unique(TRIAL, keep="first")
+    settings = _varied(trials, [*SETTINGS, *axes])
+    info = _trial_info(trials, settings)
+    return Tables(_enrich(m, info).lazy(), _enrich(e, info).lazy(), timings.lazy(), skipped,
+                  tuple(settings))
