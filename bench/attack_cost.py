@@ -1,4 +1,4 @@
-"""Cost of one attack step: DGBA (one backward) vs TOTAL, and the T-backward reference vs ours.
+"""Cost of one attack step: DGBA vs TOTAL, MINMAX vs SignSum, our PGD vs a raw autograd loop.
 
 Same model and batch, measured side by side in one run: warm-up, then interleaved repeats
 (rotating order) and the median per variant. Reported per number of tasks T (3 and 5):
@@ -8,7 +8,14 @@ Same model and batch, measured side by side in one run: warm-up, then interleave
 * step_dgba_over_total: the same ratio for whole PGD steps (direction + LP step + projection),
   the marginal cost per step: (time of a 6-step attack - time of a 2-step attack) / 4;
 * dgba_fixed_overhead_ms: what a DGBA attack pays once more than TOTAL (the clean forward
-  that gives the clean losses its relative-change value needs).
+  that gives the clean losses its relative-change value needs);
+* minmax_over_signsum: a MINMAX direction / a SignSum direction (both T backward passes on one
+  forward; goal <= 1.3);
+* pgd_over_raw: a whole `attack(..., method="pgd", objective="total")` / the same PGD written
+  as a raw autograd loop (goal <= 1.05), and step_pgd_over_raw for the marginal step;
+* attack_dgba_over_total: whole PGD attacks of `--steps` steps, DGBA / TOTAL (includes DGBA's
+  one clean forward per attack; the sweep's goal <= 1.05 needs that forward shared, see
+  mtl/evaluate.py).
 
     PYTHONPATH=. python bench/attack_cost.py [--size 32] [--batch 32] [--repeats 15]
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,8 +33,10 @@ from collections.abc import Callable
 import torch
 
 from mtl.attacks import attack
+from mtl.attacks.context import forward_losses
 from mtl.attacks.dgba import dgba_direction, dgba_direction_reference
-from mtl.attacks.objectives import AttackContext, total_direction
+from mtl.attacks.minmax import minmax_direction
+from mtl.attacks.objectives import AttackContext, signsum_direction, total_direction
 from mtl.models import Layout, build_model
 
 TASK_SETS = {3: ["segment_semantic", "depth_zbuffer", "normal"],
@@ -48,6 +58,19 @@ def make_batch(tasks: list[str], batch: int, size: int) -> dict[str, torch.Tenso
         else:
             out[t] = torch.rand(batch, shapes[t], size, size, generator=g)
     return out
+
+
+def raw_pgd(model: torch.nn.Module, batch: dict[str, torch.Tensor], tasks: list[str],
+            eps: float, steps: int) -> torch.Tensor:
+    """PGD on the summed losses as a plain autograd loop: no checks, no hooks, no bookkeeping."""
+    x0 = batch["image"]
+    lo, hi = (x0 - eps).clamp(0.0, 1.0), (x0 + eps).clamp(0.0, 1.0)
+    alpha, x = eps / steps, x0.clone()
+    for _ in range(steps):
+        x.requires_grad_(True)
+        (g,) = torch.autograd.grad(forward_losses(model, x, batch, tasks).sum(), x)
+        x = torch.minimum(torch.maximum(x.detach() + alpha * g.sign(), lo), hi)
+    return x
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -86,24 +109,43 @@ def bench_tasks(T: int, args: argparse.Namespace) -> dict[str, float]:
         return lambda: attack(model, batch, method="pgd", objective=objective, eps=8,
                               steps=steps)
 
+    mm_ctx = AttackContext(model, batch, tuple(tasks), x, 8 / 255,
+                           {"solver": "fast", "denominator": "current", "dual_iters": 50}
+                           ).prepare()
+    steps = args.steps
     times, fastest = measure({
         "total": lambda: total_direction(ctx, x),
         "dgba": lambda: dgba_direction(ctx, x),
         "reference": lambda: dgba_direction_reference(model, x, batch, tasks),
+        "signsum": lambda: signsum_direction(ctx, x),
+        "minmax": lambda: minmax_direction(mm_ctx, x),
+        "raw_few": lambda: raw_pgd(model, batch, tasks, 8 / 255, few),
+        "raw_many": lambda: raw_pgd(model, batch, tasks, 8 / 255, many),
+        "raw_steps": lambda: raw_pgd(model, batch, tasks, 8 / 255, steps),
+        "pgd_total_steps": pgd("total", steps), "pgd_dgba_steps": pgd("dgba", steps),
         "pgd_total_few": pgd("total", few), "pgd_total_many": pgd("total", many),
         "pgd_dgba_few": pgd("dgba", few), "pgd_dgba_many": pgd("dgba", many),
     }, args.repeats)
     step = {o: (times[f"pgd_{o}_many"] - times[f"pgd_{o}_few"]) / (many - few)
             for o in ("total", "dgba")}
+    raw_step = (times["raw_many"] - times["raw_few"]) / (many - few)
     return {"tasks": T,
             "total_ms": 1e3 * times["total"], "dgba_ms": 1e3 * times["dgba"],
             "reference_ms": 1e3 * times["reference"],
+            "signsum_ms": 1e3 * times["signsum"], "minmax_ms": 1e3 * times["minmax"],
             "dgba_over_total": times["dgba"] / times["total"],
             "reference_over_dgba": times["reference"] / times["dgba"],
+            "minmax_over_signsum": times["minmax"] / times["signsum"],
+            "pgd_over_raw": times["pgd_total_steps"] / times["raw_steps"],
+            "step_pgd_over_raw": step["total"] / raw_step,
+            "attack_dgba_over_total": times["pgd_dgba_steps"] / times["pgd_total_steps"],
             "step_dgba_over_total": step["dgba"] / step["total"],
             "min_dgba_over_total": fastest["dgba"] / fastest["total"],
             "min_reference_over_dgba": fastest["reference"] / fastest["dgba"],
+            "min_minmax_over_signsum": fastest["minmax"] / fastest["signsum"],
+            "min_pgd_over_raw": fastest["pgd_total_steps"] / fastest["raw_steps"],
             "pgd_step_total_ms": 1e3 * step["total"], "pgd_step_dgba_ms": 1e3 * step["dgba"],
+            "raw_step_ms": 1e3 * raw_step,
             "dgba_fixed_overhead_ms": 1e3 * (times["pgd_dgba_few"] - few * step["dgba"]
                                              - (times["pgd_total_few"] - few * step["total"]))}
 
@@ -115,10 +157,14 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10, help="steps of the whole attacks")
+    parser.add_argument("--tasks", type=int, nargs="+", default=sorted(TASK_SETS),
+                        choices=sorted(TASK_SETS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     results = {}
-    for T in TASK_SETS:
+    for T in args.tasks:
         r = bench_tasks(T, args)
         results[f"T{T}"] = r
         print(f"T={T}: total {r['total_ms']:.1f} ms  dgba {r['dgba_ms']:.1f} ms  "
@@ -127,9 +173,19 @@ def main() -> None:
               f"pgd step dgba/total {r['step_dgba_over_total']:.3f}  "
               f"(+{r['dgba_fixed_overhead_ms']:.1f} ms once per attack) | by minimum: dgba/total "
               f"{r['min_dgba_over_total']:.3f}  reference/dgba {r['min_reference_over_dgba']:.2f}")
+        print(f"T={T}: signsum {r['signsum_ms']:.1f} ms  minmax {r['minmax_ms']:.1f} ms  | "
+              f"minmax/signsum {r['minmax_over_signsum']:.3f} (min {r['min_minmax_over_signsum']:.3f})"
+              f"  pgd/raw {r['pgd_over_raw']:.3f} (min {r['min_pgd_over_raw']:.3f}, per step "
+              f"{r['step_pgd_over_raw']:.3f})  whole attack dgba/total "
+              f"{r['attack_dgba_over_total']:.3f}")
+    load = [round(a, 2) for a in load_before + os.getloadavg()]
+    print(f"load average before (1/5/15 min) {load[:3]}, after {load[3:]} on "
+          f"{os.cpu_count()} cores")
     print(json.dumps({"bench": "attack_cost", "size": args.size, "batch": args.batch,
-                      "width": args.width, "threads": args.threads, "goal_dgba_over_total": 1.05,
-                      **results}))
+                      "width": args.width, "threads": args.threads, "steps": args.steps,
+                      "goal_dgba_over_total": 1.05, "goal_minmax_over_signsum": 1.3,
+                      "goal_pgd_over_raw": 1.05, "load_avg_before": load[:3],
+                      "load_avg_after": load[3:], **results}))
 
 
 if __name__ == "__main__":

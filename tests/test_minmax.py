@@ -104,3 +104,30 @@ def test_minmax_step_beats_other_steps_on_worst_task(solver):
     for name, c in others.items():
         theirs = worst(G, torch.where(c > 0, hi, torch.where(c < 0, lo, torch.zeros_like(c))))
         assert bool((ours >= theirs - 1e-4 * ours.abs()).all()), name
+
+
+def test_batched_solve_matches_lapack():
+    from mtl.attacks.minmax_dual import batched_solve
+
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(40, 6, 6, generator=g, dtype=torch.float64)
+    A[0] = torch.eye(6, dtype=torch.float64)[[3, 1, 0, 5, 2, 4]]  # needs row swaps
+    A[1, 2] = A[1, 4]  # singular
+    b = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    x, ok = batched_solve(A, b)
+    assert not bool(ok[1]) and bool(ok[0]) and int(ok.sum()) >= 35
+    torch.testing.assert_close(x[ok], torch.linalg.solve(A[ok], b[ok]))
+
+
+@pytest.mark.parametrize("T", [3, 6])
+def test_fast_dual_in_float32_reaches_the_float64_optimum(T):
+    """The attack solves in the working dtype: float32 lands within float32 round-off of the
+    exact optimum (CBC), and never below it by more than that."""
+    G, lo, hi = random_problem(11 + T, 3, T, 30, clipped=True)
+    _, opt = solve_minmax_lp(G, lo, hi)
+    w, value = solve_minmax_dual(G.float(), lo.float(), hi.float())
+    assert w.dtype == torch.float32 and bool((w >= 0).all())
+    exact, _ = dual_value(w.double(), G, lo, hi)  # the float32 weights, valued exactly
+    scale = 0.1 * G.abs().sum(-1).amax(-1)
+    assert bool((exact >= opt - 1e-5 * scale).all())
+    assert bool((exact - opt <= 1e-3 * scale).all()), ((exact - opt) / scale).tolist()

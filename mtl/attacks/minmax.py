@@ -9,21 +9,19 @@ where [lo, hi] is the feasible set around the current iterate (eps-ball around t
 intersected with the [0, 1] pixel box, so asymmetric). Two solvers:
 
 * 'pulp': the LP above, per sample, with CBC (exact; for small problems and as a test oracle).
-* 'fast': batched in torch through the dual over the task simplex (minimax theorem, the box is
-  compact): min_{w in simplex} g(w), g(w) = sum_i max(hi_i v_i, lo_i v_i), v = sum_t w_t G_t.
-  For the symmetric box +-eps this is eps * min_w ||sum_t w_t G_t||_1; the asymmetric form is
-  just as cheap, so the fast path solves the same clipped box as the LP path. T = 2 is solved
-  exactly (weighted median over the breakpoints); T >= 3 by exponentiated subgradient descent
-  followed by an active-set polish (solve for the vertex where T-1 coordinates of v vanish),
-  which tests show reaches the CBC optimum on random problems. The step is the primal point
-  delta = hi where v > 0, lo where v < 0.
+* 'fast': batched in torch, in the working dtype, through the dual over the task simplex
+  (minimax theorem, the box is compact): min_{w in simplex} g(w), g(w) = sum_i max(hi_i v_i,
+  lo_i v_i), v = sum_t w_t G_t (`minmax_dual.solve_minmax_dual`: T = 2 one exact line search,
+  T >= 3 a few active-set rounds, each a batched vertex enumeration of a local model plus an
+  exact line search; tests show it reaches the CBC optimum). For the symmetric box +-eps g is
+  eps * ||sum_t w_t G_t||_1; the fast path solves the same clipped box as the LP path. The step
+  is the primal point delta = hi where v > 0, lo where v < 0.
 
 The direction returned to the method is that LP solution delta (its sign is the step).
-Registers the objective `minmax` (options: denominator, solver, dual_iters).
+Registers the objective `minmax` (options: denominator, solver, dual_iters = the most
+active-set rounds of the fast solver, which stops earlier once converged).
 """
 from __future__ import annotations
-
-import itertools
 
 import torch
 from torch import Tensor
@@ -32,108 +30,21 @@ from mtl.attacks.context import (LOSS_FLOOR, AttackContext, defined_changes, for
                                  relative_changes)
 from mtl.attacks.dgba import DENOMINATOR
 from mtl.attacks.lp import cbc, require_optimal
+from mtl.attacks.minmax_dual import dual_value, line_min, solve_minmax_dual
 from mtl.attacks.objective import Objective
 from mtl.attacks.options import choice, integer
 from mtl.attacks.registry import register_objective
+
+__all__ = ["MINMAX_SOLVERS", "dual_value", "line_min", "minmax_direction", "primal_from_dual",
+           "solve_minmax_dual", "solve_minmax_lp"]
 
 MINMAX_SOLVERS = ("auto", "fast", "pulp")
 AUTO_PULP_MAX_DIM = 256  # 'auto' uses CBC only when a sample has at most this many coordinates
 
 
-def dual_value(w: Tensor, G: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """g(w) [B] and v = sum_t w_t G_t [B, n] for weights w [B, T], G [B, T, n], bounds [B, n]."""
-    v = torch.einsum("bt,btn->bn", w, G)
-    return torch.maximum(hi * v, lo * v).sum(-1), v
-
-
-def _line_min(v: Tensor, d: Tensor, lo: Tensor, hi: Tensor, tmax: Tensor) -> Tensor:
-    """Exact argmin over tau in [0, tmax] of sum_i max(hi_i u_i, lo_i u_i), u = v + tau d.
-
-    The function is convex piecewise linear in tau; walk its sorted breakpoints until the slope
-    turns non-negative (a weighted median), batched over rows.
-    """
-    pos = (v > 0) | ((v == 0) & (d > 0))
-    slope0 = (d * torch.where(pos, hi, lo)).sum(-1)
-    kink = -v / torch.where(d == 0, torch.ones_like(d), d)
-    valid = (d != 0) & (kink > 0)
-    kink = torch.where(valid, kink, torch.full_like(kink, float("inf")))
-    inc = torch.where(valid, d.abs() * (hi - lo), torch.zeros_like(d))
-    sorted_kinks, order = kink.sort(-1)
-    reached = (slope0[:, None] + inc.gather(-1, order).cumsum(-1)) >= 0
-    first = reached.to(torch.int64).argmax(-1)
-    tau = sorted_kinks.gather(-1, first[:, None]).squeeze(-1)
-    tau = torch.where(reached.any(-1), tau, tmax).clamp_max(tmax)
-    return torch.where(slope0 >= 0, torch.zeros_like(tau), tau)
-
-
-def _polish(w: Tensor, G: Tensor, lo: Tensor, hi: Tensor, extra: int = 3) -> Tensor:
-    """Active-set polish: try the vertices of g near w — for every subset of tasks with positive
-    weight, the point where |subset|-1 of the coordinates with the smallest |v| vanish — and keep
-    any that lowers g."""
-    B, T, n = G.shape
-    best, v = dual_value(w, G, lo, hi)
-    order = (v.abs() / G.abs().sum(1).clamp_min(1e-30)).argsort(-1)
-    for t in range(T):  # the simplex vertices (one task alone)
-        cand = torch.zeros_like(w)
-        cand[:, t] = 1.0
-        value, _ = dual_value(cand, G, lo, hi)
-        better = value < best
-        best = torch.where(better, value, best)
-        w = torch.where(better[:, None], cand, w)
-    for free_count in range(T, 1, -1):
-        for subset in itertools.combinations(range(T), free_count):
-            free = torch.tensor(subset, device=G.device).expand(B, free_count)
-            Gf = G[:, list(subset)]
-            rhs = torch.zeros(B, free_count, dtype=G.dtype, device=G.device)
-            rhs[:, -1] = 1.0
-            for zeros in itertools.combinations(range(min(n, free_count - 1 + extra)),
-                                                free_count - 1):
-                idx = order[:, list(zeros)]
-                A = Gf.gather(2, idx[:, None, :].expand(B, free_count, free_count - 1))
-                A = torch.cat([A.transpose(1, 2), torch.ones_like(rhs[:, None, :])], 1)
-                sol, info = torch.linalg.solve_ex(A, rhs)
-                ok = (info == 0) & torch.isfinite(sol).all(-1) & (sol >= -1e-9).all(-1)
-                sol = torch.nan_to_num(sol).clamp_min(0)
-                sol = sol / sol.sum(-1, keepdim=True).clamp_min(1e-30)
-                cand = torch.zeros_like(w).scatter(1, free, sol)
-                value, _ = dual_value(cand, G, lo, hi)
-                better = ok & (value < best)
-                best = torch.where(better, value, best)
-                w = torch.where(better[:, None], cand, w)
-    return w
-
-
-def solve_minmax_dual(G: Tensor, lo: Tensor, hi: Tensor, iters: int = 100
-                      ) -> tuple[Tensor, Tensor]:
-    """min over the task simplex of g(w); returns (w [B, T], g(w) [B]), g(w) >= the LP optimum
-    (weak duality) and equal to it at the exact solution. Bounds need lo <= hi."""
-    B, T, _ = G.shape
-    if T == 1:
-        w = torch.ones(B, 1, dtype=G.dtype, device=G.device)
-    elif T == 2:
-        w = torch.zeros(B, 2, dtype=G.dtype, device=G.device)
-        w[:, 1] = 1.0
-        tau = _line_min(G[:, 1], G[:, 0] - G[:, 1], lo, hi, torch.ones_like(w[:, 0]))
-        w = torch.stack([tau, 1.0 - tau], -1)
-    else:
-        w = torch.full((B, T), 1.0 / T, dtype=G.dtype, device=G.device)
-        best_w, best = w, dual_value(w, G, lo, hi)[0]
-        for k in range(iters):
-            value, v = dual_value(w, G, lo, hi)
-            better = value < best
-            best = torch.where(better, value, best)
-            best_w = torch.where(better[:, None], w, best_w)
-            sub = torch.einsum("btn,bn->bt", G, torch.where(v > 0, hi, lo))
-            scale = sub.abs().amax(-1, keepdim=True).clamp_min(1e-30)
-            w = w * torch.exp(-(2.0 / (k + 1) ** 0.5) * sub / scale)
-            w = w / w.sum(-1, keepdim=True)
-        w = _polish(best_w, G, lo, hi)
-    return w, dual_value(w, G, lo, hi)[0]
-
-
 def primal_from_dual(w: Tensor, G: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """The box point maximising (sum_t w_t G_t) . delta: hi where v > 0, lo where v < 0."""
-    v = torch.einsum("bt,btn->bn", w, G)
+    v = torch.bmm(w.unsqueeze(1), G).squeeze(1)
     return torch.where(v > 0, hi, torch.where(v < 0, lo, torch.zeros_like(v).clamp(lo, hi)))
 
 
@@ -170,20 +81,21 @@ def minmax_direction(ctx: AttackContext, x: Tensor) -> tuple[Tensor, Tensor]:
     else:
         denom = losses.detach().clamp_min(LOSS_FLOOR)
     B, T = x.shape[0], len(ctx.tasks)
-    grads = []
+    solver = ctx.options.get("solver", "auto")
+    exact = solver == "pulp" or (solver == "auto" and x[0].numel() <= AUTO_PULP_MAX_DIM)
+    dtype = torch.float64 if exact else x.dtype  # CBC reads doubles; 'fast' the working dtype
+    inv = 1.0 / denom.to(dtype)
+    G = torch.empty(B, T, x[0].numel(), dtype=dtype, device=x.device)
     for t in range(T):
         (g,) = torch.autograd.grad(losses[t].sum(), x, retain_graph=t + 1 < T)
-        grads.append(g.reshape(B, -1).double() / denom[t].double()[:, None])
-    G = torch.stack(grads, 1)
-    delta_now = (x.detach() - ctx.x0).reshape(B, -1).double()
-    lo = ctx.lo.reshape(B, -1).double() - delta_now
-    hi = ctx.hi.reshape(B, -1).double() - delta_now
-    lo, hi = lo.clamp_max(0.0), hi.clamp_min(0.0)  # float round-off must not exclude "stay"
-    solver = ctx.options.get("solver", "auto")
-    if solver == "pulp" or (solver == "auto" and G.shape[-1] <= AUTO_PULP_MAX_DIM):
+        torch.mul(g.reshape(B, -1).to(dtype), inv[t][:, None], out=G[:, t])
+    delta_now = (x.detach() - ctx.x0).reshape(B, -1).to(dtype)
+    lo = (ctx.lo.reshape(B, -1).to(dtype) - delta_now).clamp_max(0.0)
+    hi = (ctx.hi.reshape(B, -1).to(dtype) - delta_now).clamp_min(0.0)  # round-off keeps "stay"
+    if exact:
         step, _ = solve_minmax_lp(G, lo, hi)
     else:
-        w, _ = solve_minmax_dual(G, lo, hi, iters=int(ctx.options.get("dual_iters", 100)))
+        w, _ = solve_minmax_dual(G, lo, hi, int(ctx.options.get("dual_iters", 50)))
         step = primal_from_dual(w, G, lo, hi)
     value = _worst_relative_change(losses.detach(), ctx.clean_losses)
     return step.to(x.dtype).reshape(x.shape), value
@@ -201,4 +113,4 @@ def _worst_relative_change(losses: Tensor, clean_losses: Tensor) -> Tensor:
 register_objective(Objective(
     "minmax", minmax_direction, _worst_relative_change, backward_passes="T",
     option_specs={"denominator": DENOMINATOR, "solver": choice("auto", MINMAX_SOLVERS),
-                  "dual_iters": integer(100, minimum=1)}))
+                  "dual_iters": integer(50, minimum=1)}))
