@@ -13,8 +13,9 @@ The claims (docs/design.md, the DGBA and RFN papers):
 - (d) large-ρ (RFN) surrogates transfer better than the best early-stopped and the fully
   trained plain ones, and than SAM at ρ = 0.05 (same file).
 
-The statistics (paired bootstrap over trials with a fixed seed, binomial redraws of counted
-rates, Wilson/Newcombe intervals, Spearman's ρ) are in orchestrator/intervals.py.
+The statistics (bootstrap over trials with a fixed seed, paired where the claim pairs;
+Wilson/Newcombe intervals from a rate's counts when too few trials stand behind it;
+Spearman's ρ) are in orchestrator/intervals.py.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import polars as pl
 from orchestrator import claims_data, claims_table
 from orchestrator.claims_table import markdown, write
 from orchestrator.claims_table import summary as verdict_summary
-from orchestrator.claims_transfer import decay_rows, rho_rows
+from orchestrator.claims_transfer import decay_rows, rho_rows, transfer_cells
 from orchestrator.claims_whitebox import dgba_rows, sharing_rows
 
 __all__ = ["judge", "markdown", "verdict_summary", "write"]
@@ -36,6 +37,10 @@ def judge(measurements: claims_data.Frame, epochs: claims_data.Frame | None = No
     Pass one sweep's rows (and its latest attempts): trials of different sweeps are pooled."""
     m = claims_data.measurements(measurements)
     e = claims_data.epochs(epochs)
-    rows = dgba_rows(m) + sharing_rows(m) + decay_rows(m, e) + rho_rows(m)
+    clean = m.filter(pl.col("kind") == "clean")["metric"].unique().to_list()
+    flags = claims_data.directions(measurements, set(clean))
+    cells, measure = transfer_cells(m)
+    rows = (dgba_rows(m) + sharing_rows(m, flags) + decay_rows(cells, measure, e)
+            + rho_rows(cells, measure))
     return claims_table.frame(rows)
 

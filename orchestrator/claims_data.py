@@ -3,8 +3,10 @@
 Accepts the frames of :func:`orchestrator.analyze.load_tables` (latest attempt, with
 ``sharing``/``branch_point`` derived from the layout) or raw result frames of schema 3
 (``read_results``); what a raw frame lacks (``sharing``, a layout's branch point) is derived
-here the same way. Adds ``unit`` (one trial: ``sweep/trial_id``), ``adversarial``, ``regime``
-(the training regime a claim is judged within) and ``final`` (the trial's last checkpoint).
+here the same way. Adds ``unit`` (one trial: ``sweep/trial_id``), ``adversarial``,
+``setting`` (the other trial settings the sweep varies: optimizer, training length, dataset,
+model, ``axes:`` columns), ``regime`` (AT, ρ and ``setting``: what a claim is judged within,
+so regimes are never pooled) and ``final`` (the trial's last checkpoint).
 """
 from __future__ import annotations
 
@@ -13,30 +15,68 @@ import polars as pl
 from mtl.models import Layout  # pure Python (no torch)
 
 _NOT_ADVERSARIAL = ("none", "", "false", "no", "standard")
-_MEASUREMENT_COLUMNS = ("sweep", "trial_id", "layout", "branch_point", "sharing", "adv_train",
-                        "rho", "epoch", "kind", "attack_method", "objective", "eps", "task",
-                        "metric", "clean", "adv", "rel_change", "n", "numerator", "denominator")
+OBJECTIVE_PREFERENCE = ("dgba", "total", "signsum", "minmax")
+PRIMARY_METRICS: dict[str, str] = {
+    "segment_semantic": "miou", "depth_zbuffer": "abs_err", "normal": "angle_mean",
+    "edge_texture": "l1", "keypoints2d": "l1", "scene_class": "accuracy"}
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "miou": True, "pixel_acc": True, "accuracy": True, "within_11.25": True,
+    "within_22.5": True, "within_30": True, "delta_1.25": True, "delta_1.25^2": True,
+    "delta_1.25^3": True, "abs_err": False, "rel_err": False, "angle_mean": False,
+    "angle_median": False, "l1": False}
+"""The built-in tasks' metric directions (mtl/metrics.py, read here without importing torch);
+a user's metric gets its direction from its attack rows (:func:`directions`)."""
+_TRIAL_KEY = ("sweep", "trial_id")
+_TRIAL_COLUMNS = ("layout", "branch_point", "sharing", "adv_train", "rho")
+_ROW_COLUMNS = ("epoch", "kind", "attack_method", "objective", "eps", "task", "metric", "clean",
+                "adv", "rel_change", "n", "numerator", "denominator")
+SETTINGS = ("optimizer", "train_epochs", "dataset", "model")
+SHARPNESS = ("lambda_max", "hessian_trace", "sam_sharpness")
+"""Per-epoch sharpness quantities, the first present is used."""
+_COVERED_AXES = ("training.epochs",)
+_COVERED_LEAVES = ("seed", "seeds", "rho", "layout", "layouts", "branch_point", "adv_train",
+                   "optimizer")
 _EPOCH_COLUMNS = ("sweep", "trial_id", "adv_train", "rho", "epoch", "lr_decayed", "quantity",
                   "value")
 Frame = pl.DataFrame | pl.LazyFrame
 
 
+def _is_setting(name: str) -> bool:
+    """A trial-level column other than those a claim compares (AT, ρ, layout) or pools
+    (seeds): the core settings, and ``axes:`` columns (dotted paths) not covered by a core
+    column."""
+    if name in SETTINGS:
+        return True
+    return ("." in name and name not in _COVERED_AXES
+            and name.rsplit(".", 1)[-1] not in _COVERED_LEAVES)
+
+
 def _select(frame: Frame, wanted: tuple[str, ...]) -> pl.DataFrame:
     lazy = frame.lazy()
     names = lazy.collect_schema().names()
-    return lazy.select([c for c in wanted if c in names]).collect()
+    return lazy.select([c for c in wanted if c in names]
+                       + [c for c in names if _is_setting(c) and c not in wanted]).collect()
 
 
 def _common(frame: pl.DataFrame) -> pl.DataFrame:
+    """Adds ``unit``, ``adversarial``, ``setting`` (the varied settings, "" when none) and
+    ``regime`` (AT label, ρ and ``setting``: what a claim is judged within)."""
     trial = pl.col("trial_id").cast(pl.String)
     unit = (pl.col("sweep").cast(pl.String) + "/" + trial) if "sweep" in frame.columns else trial
     adv_train = pl.col("adv_train").fill_null("none").cast(pl.String)
     rho = pl.col("rho").fill_null(0.0)
+    varied = [c for c in frame.columns if _is_setting(c)
+              and frame.select(pl.col(c).cast(pl.String).n_unique()).item() > 1]
+    setting = (pl.concat_str([pl.lit(f"{c}=") + pl.col(c).cast(pl.String).fill_null("–")
+                              for c in varied], separator=", ") if varied else pl.lit(""))
+    base = pl.format("adv_train={}, ρ={}", "adv_train",
+                     pl.col("rho").round(4).cast(pl.String).str.strip_suffix(".0"))
     return frame.with_columns(
         unit.alias("unit"), adv_train.alias("adv_train"), rho.alias("rho"),
         (~adv_train.str.to_lowercase().is_in(_NOT_ADVERSARIAL)).alias("adversarial"),
-    ).with_columns(pl.format("adv_train={}, ρ={}", "adv_train",
-                             pl.col("rho").round(4).cast(pl.String).str.strip_suffix(".0"))
+        setting.alias("setting"),
+    ).with_columns(pl.when(pl.col("setting") == "").then(base)
+                   .otherwise(pl.concat_str([base, pl.col("setting")], separator=", "))
                    .alias("regime"))
 
 
@@ -63,26 +103,91 @@ def _layout_columns(frame: pl.DataFrame) -> pl.DataFrame:
         "_sharing", "_branch")
 
 
+def reference_transfer(frame: Frame) -> tuple[str, str, float] | None:
+    """(method, objective, ε) of the transfer attack claims (c) and (d) read, chosen as
+    report.md's reference attack is (orchestrator/analyze.py): DGBA (else total, SignSum,
+    minmax, else the first by name) at its largest ε, with the method of most rows."""
+    counts = (frame.lazy().filter((pl.col("kind") == "transfer")
+                                  & pl.col("metric").is_in(["success_rate", "delta"]))
+              .group_by("attack_method", "objective", "eps").len().collect())
+    if counts.is_empty():
+        return None
+    objectives = set(counts["objective"].to_list())
+    objective = next((o for o in OBJECTIVE_PREFERENCE if o in objectives), min(objectives))
+    rows = counts.filter(pl.col("objective") == objective)
+    eps = rows["eps"].max()
+    method = (rows.filter(pl.col("eps") == eps)
+              .sort(["len", "attack_method"], descending=[True, False])["attack_method"][0])
+    return method, objective, float(eps)
+
+
+def _claim_rows(transfer: tuple[str, str, float] | None) -> pl.Expr:
+    """The measurement rows some claim reads (a small share of a sweep's rows): of transfer
+    rows only those of the ``transfer`` attack."""
+    kind, task, metric = pl.col("kind"), pl.col("task"), pl.col("metric")
+    mean_delta = (task == "mean") & (metric == "delta")
+    rows = ((kind == "clean") | ((kind == "whitebox") & mean_delta)
+            | ((kind == "cross_task") & (metric == "delta") & (task != "mean")))
+    if transfer is None:
+        return rows
+    method, objective, eps = transfer
+    return rows | ((kind == "transfer") & ((metric == "success_rate") | mean_delta)
+                   & (pl.col("attack_method") == method) & (pl.col("objective") == objective)
+                   & (pl.col("eps") == eps))
+
+
 def measurements(frame: Frame) -> pl.DataFrame:
-    """The measurement columns the claims use, with ``unit``, ``adversarial``, ``regime``,
-    ``sharing``, ``branch_point`` and ``final`` (this row is at the trial's largest epoch)."""
-    m = _layout_columns(_common(_select(frame, _MEASUREMENT_COLUMNS)))
+    """The measurement rows and columns the claims use (transfer rows: the reference transfer
+    attack's, :func:`reference_transfer`), with ``unit``, ``adversarial``, ``setting``,
+    ``regime``, ``sharing``, ``branch_point`` and ``final`` (this row is at the trial's
+    largest epoch). Rows are filtered before they are read, so a large sweep is not
+    loaded whole, and the trial-level columns are worked out once per trial."""
+    lazy = frame.lazy().filter(_claim_rows(reference_transfer(frame)))
+    names = lazy.collect_schema().names()
+    key = [c for c in _TRIAL_KEY if c in names]
+    trial = [c for c in _TRIAL_COLUMNS if c in names] + [c for c in names if _is_setting(c)]
+    rows, trials = pl.collect_all([
+        lazy.select(*key, *(c for c in _ROW_COLUMNS if c in names)),
+        lazy.select(*key, *trial).unique(subset=key, keep="first")])
+    info = _layout_columns(_common(trials))
+    m = rows.join(info, on=key, how="left")
     return m.with_columns((pl.col("epoch") == pl.col("epoch").max().over("unit")).alias("final"))
 
 
+def directions(frame: Frame, metrics: set[str]) -> dict[str, bool]:
+    """higher-is-better of each metric name in ``metrics``: the built-in flags, else read from
+    the attack rows (rel_change has the sign of adv − clean exactly when higher is better);
+    a metric with neither is left out."""
+    unknown = sorted(set(metrics) - set(HIGHER_IS_BETTER))
+    flags = {k: v for k, v in HIGHER_IS_BETTER.items() if k in metrics}
+    if not unknown:
+        return flags
+    clean, adv, change = pl.col("clean"), pl.col("adv"), pl.col("rel_change")
+    seen = (frame.lazy().filter((pl.col("kind") != "clean") & pl.col("metric").is_in(unknown)
+                                & clean.is_finite() & adv.is_finite() & change.is_finite()
+                                & (adv != clean) & (change != 0))
+            .group_by("metric").agg(((change * (adv - clean)) > 0).mean().alias("higher"))
+            .collect())
+    return {**flags, **{k: v >= 0.5 for k, v in seen.iter_rows()}}
+
+
 def epochs(frame: Frame | None) -> pl.DataFrame:
-    """The per-epoch columns the claims use (LR decays, sharpness), with ``unit`` and
+    """The per-epoch rows and columns the claims use (LR decays, sharpness), with ``unit`` and
     ``regime``; an empty frame when there is no epochs table."""
-    schema = {"unit": pl.String, "regime": pl.String, "adversarial": pl.Boolean,
+    schema = {"unit": pl.String, "regime": pl.String, "setting": pl.String,
+              "adversarial": pl.Boolean,
               "epoch": pl.Int64, "lr_decayed": pl.Boolean, "quantity": pl.String,
               "value": pl.Float64}
     if frame is None:
         return pl.DataFrame(schema=schema)
-    e = _select(frame, _EPOCH_COLUMNS)
-    if e.is_empty() or not {"trial_id", "epoch", "quantity"} <= set(e.columns):
+    lazy = frame.lazy()
+    names = lazy.collect_schema().names()
+    if not {"trial_id", "epoch", "quantity", "lr_decayed"} <= set(names):
         return pl.DataFrame(schema=schema)
-    if "lr_decayed" not in e.columns:
-        e = e.with_columns(pl.lit(False).alias("lr_decayed"))
+    e = _select(lazy.filter(pl.col("lr_decayed") | pl.col("quantity").is_in(SHARPNESS)),
+                _EPOCH_COLUMNS)
+    if e.is_empty():
+        return pl.DataFrame(schema=schema)
     for name, dtype in (("adv_train", pl.String), ("rho", pl.Float64)):
         if name not in e.columns:
             e = e.with_columns(pl.lit(None, dtype).alias(name))

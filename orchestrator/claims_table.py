@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from orchestrator.intervals import (LEVEL, MIN_UNITS, REPS, SEED, Interval, bootstrap_mean,
+from orchestrator.intervals import (LEVEL, MIN_UNITS, REPS, SEED, Interval, mean_interval,
                                     rng_for)
 
 HOLDS, REFUTED, INCONCLUSIVE = "holds", "refuted", "inconclusive"
@@ -86,7 +86,7 @@ def judged_mean(letter: str, condition: str, expect: str, values: np.ndarray, st
     few trials: inconclusive, no interval)."""
     if values.size < MIN_UNITS:
         return too_few(letter, condition, expect, float(values.mean()), values.size, statistic)
-    return judged(letter, condition, expect, bootstrap_mean(rng_for(letter, condition), values),
+    return judged(letter, condition, expect, mean_interval(rng_for(letter, condition), values),
                   statistic, note)
 
 

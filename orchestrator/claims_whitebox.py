@@ -12,21 +12,11 @@ from __future__ import annotations
 import polars as pl
 
 from orchestrator import claims_table as T
-from orchestrator.claims_data import eps_text, objective_family
-from orchestrator.intervals import MIN_UNITS, bootstrap_spearman, rng_for, spearman
+from orchestrator.claims_data import PRIMARY_METRICS, eps_text, objective_family
+from orchestrator.intervals import MIN_UNITS, rng_for, spearman, spearman_interval
 
 VERSUS: dict[str, str] = {"single": "best SINGLE",
                           "total": "TOTAL", "signsum": "SignSum"}
-PRIMARY_METRICS: dict[str, str] = {
-    "segment_semantic": "miou", "depth_zbuffer": "abs_err", "normal": "angle_mean",
-    "edge_texture": "l1", "keypoints2d": "l1", "scene_class": "accuracy"}
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "miou": True, "pixel_acc": True, "accuracy": True, "within_11.25": True,
-    "within_22.5": True, "within_30": True, "delta_1.25": True, "delta_1.25^2": True,
-    "delta_1.25^3": True, "abs_err": False, "rel_err": False, "angle_mean": False,
-    "angle_median": False, "l1": False}
-"""The built-in tasks' metric directions (mtl/metrics.py; read here without importing torch).
-A user's metric gets its direction from its attack rows (see :func:`directions`)."""
 
 
 # --- (a) ------------------------------------------------------------------------------------
@@ -34,7 +24,8 @@ def _per_objective(m: pl.DataFrame) -> pl.DataFrame:
     """Mean white-box Δ per trial, epoch, method, ε and objective family; for ``single`` the
     lowest (strongest) single-task objective of that trial and epoch."""
     w = m.filter((pl.col("kind") == "whitebox") & (pl.col("task") == "mean")
-                 & (pl.col("metric") == "delta") & pl.col("rel_change").is_finite())
+                 & (pl.col("metric") == "delta") & pl.col("rel_change").is_finite()
+                 & (objective_family().is_in(["dgba", *VERSUS])))
     keys = ["unit", "adversarial", "adv_train", "epoch", "attack_method", "eps", "family"]
     return (w.with_columns(objective_family().alias("family"))
             .group_by(keys + ["objective"]).agg(pl.col("rel_change").mean())
@@ -46,14 +37,15 @@ def dgba_rows(m: pl.DataFrame) -> list[dict]:
     per = _per_objective(m)
     if per.is_empty():
         return [T.not_measured("a", "–", "no white-box attack measurements in this sweep")]
-    if "dgba" not in per["family"].to_list():
+    families = set(per["family"].unique().to_list())
+    if "dgba" not in families:
         return [T.not_measured("a", "–", "no DGBA attack in this sweep")]
     pair_keys = ["unit", "epoch", "attack_method", "eps"]
     dgba = per.filter(pl.col("family") == "dgba").drop("family").rename({"delta": "dgba"})
     several_methods = dgba["attack_method"].n_unique() > 1
     rows = [T.not_measured("a", f"vs={vs}", f"no {vs} attack in this sweep")
-            for vs in VERSUS if vs not in per["family"].to_list()]
-    versus = [vs for vs in VERSUS if vs in per["family"].to_list()]
+            for vs in VERSUS if vs not in families]
+    versus = [vs for vs in VERSUS if vs in families]
     for training, adversarial in (("none", False), ("AT", True)):
         part = dgba.filter(pl.col("adversarial") == adversarial)
         if part.is_empty():
@@ -61,7 +53,7 @@ def dgba_rows(m: pl.DataFrame) -> list[dict]:
             rows.append(T.not_measured("a", f"adv_train={training}",
                                        f"no {what} models in this sweep"))
             continue
-        labels = sorted(set(part["adv_train"].to_list()))
+        labels = sorted(set(part["adv_train"].unique().to_list()))
         note = f"pooled over {', '.join(labels)}" if adversarial and len(labels) > 1 else ""
         configs = part.select("attack_method", "eps").unique().sort("attack_method", "eps")
         for method, eps in configs.iter_rows():
@@ -87,31 +79,17 @@ def dgba_rows(m: pl.DataFrame) -> list[dict]:
 
 
 # --- (b) ------------------------------------------------------------------------------------
-def directions(m: pl.DataFrame) -> dict[str, bool]:
-    """higher-is-better per metric name: read from attack rows where they show it (the sign
-    of rel_change against adv − clean), else the built-in tasks' flags."""
-    rows = m.filter((pl.col("kind") != "clean") & ~pl.col("metric").is_in(["delta",
-                                                                           "success_rate"])
-                    & pl.col("clean").is_finite() & pl.col("adv").is_finite()
-                    & pl.col("rel_change").is_finite() & (pl.col("adv") != pl.col("clean"))
-                    & (pl.col("rel_change") != 0))
-    seen = (rows.group_by("metric")
-            .agg(((pl.col("rel_change") * (pl.col("adv") - pl.col("clean"))) > 0).mean()
-                 .alias("higher")))
-    return {**HIGHER_IS_BETTER, **{k: v >= 0.5 for k, v in seen.iter_rows()}}
-
-
-def clean_scores(m: pl.DataFrame) -> pl.DataFrame:
+def clean_scores(m: pl.DataFrame, flags: dict[str, bool]) -> pl.DataFrame:
     """Per trial (final checkpoint): the mean over tasks of the primary clean metric's signed
     relative difference from its regime's mean (positive = better than that regime's average).
-    Tasks whose metric has no known direction are left out."""
-    flags = directions(m)
+    ``flags``: higher-is-better per metric (claims_data.directions); tasks whose metrics have
+    no direction are left out."""
     c = (m.filter(pl.col("final") & (pl.col("kind") == "clean") & (pl.col("task") != "mean"))
          .with_columns(pl.coalesce("clean", "adv").alias("value"))
          .filter(pl.col("value").is_finite() & pl.col("metric").is_in(list(flags))))
     chosen = []
-    for task in sorted(set(c["task"].to_list())):
-        metrics = sorted(set(c.filter(pl.col("task") == task)["metric"].to_list()))
+    for task in sorted(set(c["task"].unique().to_list())):
+        metrics = sorted(set(c.filter(pl.col("task") == task)["metric"].unique().to_list()))
         primary = PRIMARY_METRICS.get(task)
         chosen.append((task, primary if primary in metrics else metrics[0]))
     if not chosen:
@@ -145,7 +123,7 @@ def cross_damage(m: pl.DataFrame) -> tuple[pl.DataFrame, str]:
     return damage, f"{method} ε={eps_text(rows['eps'][0])}"
 
 
-def sharing_rows(m: pl.DataFrame) -> list[dict]:
+def sharing_rows(m: pl.DataFrame, flags: dict[str, bool]) -> list[dict]:
     """Claim (b): Spearman ρ of sharing with the clean score and with cross-task damage > 0,
     per training regime that has at least two layouts."""
     layouts = (m.filter(pl.col("final") & pl.col("sharing").is_not_null())
@@ -153,7 +131,7 @@ def sharing_rows(m: pl.DataFrame) -> list[dict]:
                                                pl.col("branch_point").first(),
                                                pl.col("layout").first()))
     damage, attack = cross_damage(m)
-    parts = (("clean accuracy", clean_scores(m), "no clean measurements in this sweep",
+    parts = (("clean accuracy", clean_scores(m, flags), "no clean measurements in this sweep",
               "the clean score (primary metrics, signed, relative to the regime mean)"),
              ("cross-task damage", damage, "no cross-task measurements in this sweep",
               f"cross-task damage (−Δ on the tasks not attacked, {attack})"))
@@ -189,5 +167,5 @@ def sharing_rows(m: pl.DataFrame) -> list[dict]:
                                       statistic))
                 continue
             rows.append(T.judged("b", condition, T.ABOVE,
-                                 bootstrap_spearman(rng_for("b", condition), x, y), statistic))
+                                 spearman_interval(rng_for("b", condition), x, y), statistic))
     return rows

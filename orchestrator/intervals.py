@@ -1,9 +1,9 @@
 """Confidence intervals behind the claims table (orchestrator/claims.py).
 
-Percentile bootstrap over units (trials), optionally with the samples inside each unit redrawn
-as binomial counts where a rate's counts are known (a two-level bootstrap: trials, then
-images); Wilson intervals for one rate and Newcombe's hybrid score interval for the difference
-of two rates, both from counts; Spearman's rank correlation. numpy only (scipy is not a
+Percentile bootstrap over units (trials; each replicate is a block of unit counts, so large
+sweeps are resampled without copying their values), Wilson intervals for one rate and
+Newcombe's hybrid score interval for the difference of two rates, both from counts, and
+Spearman's rank correlation. numpy only (scipy is not a
 dependency). Every draw comes from :func:`rng_for`, seeded by a fixed seed and the claim's own
 name, so the same results always give the same report.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,13 @@ LEVEL = 0.95
 Z = 1.959963984540054  # the standard normal's 97.5 % quantile
 REPS = 2000
 SEED = 13
+BLOCK = 2_000_000
+"""Elements of one block of bootstrap replicates (see :func:`bootstrap`)."""
+LARGE_UNITS = 500
+"""From this many units on, the interval of a mean or of a rank correlation is its normal
+limit, the interval the percentile bootstrap converges to (equal to it within the bootstrap's
+own Monte-Carlo error at this size, see tests/test_claims.py), so a sweep of 10,000 trials is
+judged in seconds instead of resampling reps × trials values per condition."""
 MIN_UNITS = 3
 """Fewest trials a trial bootstrap is trusted with: with two, the percentile interval is just
 the range of the two values (a sign test of two), so fewer trials give no verdict."""
@@ -52,44 +60,52 @@ def percentile_interval(draws: np.ndarray, level: float = LEVEL) -> tuple[float,
     return float(lo), float(hi)
 
 
-def binomial_draws(rng: np.random.Generator, rate: np.ndarray, n: np.ndarray,
-                   reps: int = REPS) -> np.ndarray:
-    """``reps`` redraws of each rate as Binomial(n, rate) / n, shape ``(reps, *rate.shape)``.
+def bootstrap(rng: np.random.Generator, units: int,
+              statistic: Callable[[np.ndarray], np.ndarray], *, inner: int = 1,
+              reps: int = REPS) -> np.ndarray:
+    """``reps`` bootstrap replicates of ``statistic(weights)`` over ``units`` units.
 
-    Where ``n`` is missing (NaN) or below 1 the value is not a rate with counts and is repeated
-    unchanged; NaN rates (no value) stay NaN."""
-    rate = np.asarray(rate, dtype=float)
-    n = np.broadcast_to(np.asarray(n, dtype=float), rate.shape)
-    counted = np.isfinite(n) & (n >= 1) & np.isfinite(rate)
-    out = np.broadcast_to(rate, (reps, *rate.shape)).copy()
-    if counted.any():
-        size = np.rint(n[counted]).astype(np.int64)
-        p = np.clip(rate[counted], 0.0, 1.0)
-        out[:, counted] = rng.binomial(size, p, size=(reps, size.size)) / size
-    return out
-
-
-def resample_units(rng: np.random.Generator, draws: np.ndarray) -> np.ndarray:
-    """Bootstrap means over units: ``draws`` is ``(reps, U, ...)`` (each unit's value in each
-    replicate, e.g. from :func:`binomial_draws`); each replicate takes U units with replacement
-    and averages them (NaN entries are left out of a mean). Returns ``(reps, ...)``."""
-    reps, units = draws.shape[0], draws.shape[1]
-    pick = rng.integers(0, units, size=(reps, units))
-    chosen = np.take_along_axis(draws, pick.reshape(reps, units, *([1] * (draws.ndim - 2))),
-                                axis=1)
-    with np.errstate(invalid="ignore"):
-        finite = np.isfinite(chosen)
-        total = np.where(finite, chosen, 0.0).sum(axis=1)
-        count = finite.sum(axis=1)
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    ``weights`` is a ``(k, units)`` block of counts: how often each unit was drawn (with
+    replacement) in each of k replicates, which gives the statistic of the resample without
+    copying the data. Blocks are sized so that ``k · units · inner`` stays near
+    :data:`BLOCK`, which bounds memory on sweeps of many trials; ``statistic`` returns
+    ``(k, ...)``."""
+    block = max(1, BLOCK // max(1, units * inner))
+    out, done = [], 0
+    while done < reps:
+        k = min(block, reps - done)
+        kind = np.int32 if k * units < 2**31 else np.int64
+        picks = rng.integers(0, units, size=(k, units), dtype=kind)
+        picks += (units * np.arange(k, dtype=kind))[:, None]  # replicate r counts in row r
+        out.append(statistic(np.bincount(picks.ravel(), minlength=k * units).reshape(k, units)))
+        done += k
+    return np.concatenate(out)
 
 
-def bootstrap_mean(rng: np.random.Generator, values: np.ndarray, reps: int = REPS) -> Interval:
-    """Mean of per-unit ``values`` with a percentile bootstrap over the units."""
+def weighted_mean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each replicate's mean over units of ``values`` ``(U,)`` or ``(U, E)``, unit i counted
+    ``weights[:, i]`` times: ``(k,)`` or ``(k, E)``. NaN values are left out of a mean (NaN
+    where nothing is left). Two matrix products, so no ``(k, U, E)`` array is built."""
+    finite = np.isfinite(values)
+    w = weights.astype(float)
+    total = w @ np.where(finite, values, 0.0)
+    count = w @ finite.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def mean_interval(rng: np.random.Generator, values: np.ndarray, reps: int = REPS,
+                  large: int = LARGE_UNITS) -> Interval:
+    """Mean of per-unit ``values`` with a percentile bootstrap over the units, or, from
+    ``large`` units on, its normal limit (mean ± z · standard error)."""
     values = np.asarray(values, dtype=float)
-    draws = resample_units(rng, np.broadcast_to(values, (reps, values.size)))
+    mean = float(values.mean())
+    if values.size >= large:
+        half = Z * float(values.std(ddof=1)) / math.sqrt(values.size)
+        return Interval(mean, mean - half, mean + half, int(values.size), "normal (trials)")
+    draws = bootstrap(rng, values.size, lambda w: (w @ values) / values.size, reps=reps)
     lo, hi = percentile_interval(draws)
-    return Interval(float(values.mean()), lo, hi, int(values.size), "bootstrap (trials)")
+    return Interval(mean, lo, hi, int(values.size), "bootstrap (trials)")
 
 
 def wilson(k: float, n: float, z: float = Z) -> tuple[float, float]:
@@ -114,36 +130,49 @@ def newcombe(k1: float, n1: float, k2: float, n2: float) -> Interval:
                     int(round(n1 + n2)), "newcombe (wilson)")
 
 
-def ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x``, ties sharing their mean rank."""
-    x = np.asarray(x, dtype=float)
+def _ranks(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mid-ranks ``(k, U)`` of each unit in each replicate where unit i appears
+    ``weights[:, i]`` times (ties share their mean rank)."""
     order = np.argsort(x, kind="stable")
-    sorted_x = x[order]
-    out = np.empty(x.size)
-    start = 0
-    while start < x.size:
-        stop = start
-        while stop + 1 < x.size and sorted_x[stop + 1] == sorted_x[start]:
-            stop += 1
-        out[order[start:stop + 1]] = (start + stop) / 2 + 1
-        start = stop + 1
-    return out
+    ordered = x[order]
+    new_value = np.r_[True, ordered[1:] != ordered[:-1]]
+    group = np.empty(x.size, dtype=np.int64)
+    group[order] = np.cumsum(new_value) - 1
+    counts = np.add.reduceat(weights[:, order], np.flatnonzero(new_value), axis=1)
+    mid = np.cumsum(counts, axis=1) - counts + (counts + 1) / 2
+    return mid[:, group]
+
+
+def weighted_spearman(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Spearman's rank correlation of each replicate ``(k,)``: Pearson's on mid-ranks, unit i
+    counted ``weights[:, i]`` times; NaN where x or y is constant in a replicate."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    w = weights.astype(float)
+    rx, ry = _ranks(x, weights), _ranks(y, weights)
+    total = w.sum(axis=1, keepdims=True)
+    rx = rx - (w * rx).sum(axis=1, keepdims=True) / total
+    ry = ry - (w * ry).sum(axis=1, keepdims=True) / total
+    spread = np.sqrt((w * rx * rx).sum(axis=1) * (w * ry * ry).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(spread > 1e-12, (w * rx * ry).sum(axis=1) / spread, np.nan)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (Pearson's on mid-ranks); NaN when x or y is constant."""
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
-    return float((rx * ry).sum() / denominator) if denominator > 0 else math.nan
+    """Spearman's rank correlation of paired x and y; NaN when x or y is constant."""
+    return float(weighted_spearman(x, y, np.ones((1, len(x)), dtype=np.int64))[0])
 
 
-def bootstrap_spearman(rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
-                       reps: int = REPS) -> Interval:
-    """Spearman's ρ of paired per-unit (x, y) with a percentile bootstrap over the units.
-    Replicates whose x or y came out constant have no correlation and are left out."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    pick = rng.integers(0, x.size, size=(reps, x.size))
-    draws = np.array([spearman(x[i], y[i]) for i in pick])
+def spearman_interval(rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
+                      reps: int = REPS, large: int = LARGE_UNITS) -> Interval:
+    """Spearman's ρ of paired per-unit (x, y) with a percentile bootstrap over the units
+    (replicates whose x or y came out constant have no correlation and are left out), or,
+    from ``large`` units on, Fisher's z interval with Bonett & Wright's (2000) standard error
+    for Spearman's ρ, √((1 + ρ²/2) / (n − 3))."""
+    n, r = len(x), spearman(x, y)
+    if n >= large and math.isfinite(r):
+        z, se = math.atanh(min(max(r, -1 + 1e-12), 1 - 1e-12)), math.sqrt((1 + r * r / 2) / (n - 3))
+        return Interval(r, math.tanh(z - Z * se), math.tanh(z + Z * se), n,
+                        "spearman + fisher z (trials)")
+    draws = bootstrap(rng, n, lambda w: weighted_spearman(x, y, w), inner=4, reps=reps)
     lo, hi = percentile_interval(draws)
-    return Interval(spearman(x, y), lo, hi, int(x.size), "spearman + bootstrap (trials)")
+    return Interval(r, lo, hi, n, "spearman + bootstrap (trials)")

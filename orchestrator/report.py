@@ -113,11 +113,11 @@ def _claims(doc: _Doc, claims: pl.DataFrame) -> None:
              f"{MIN_UNITS} trials stand behind it, and *not measured by this sweep* when the "
              "sweep does not vary what the claim is about. Intervals: percentile bootstrap "
              f"over trials ({REPS} replicates, seed {SEED}: the same results give the same "
-             "intervals), paired by trial and epoch for (a); counted rates are also redrawn "
-             "from their images (binomial), or, with too few trials, compared by Newcombe's "
-             "difference of Wilson intervals. Δ rows are means over n images, so their "
-             "sampling noise enters only through the trial-to-trial spread. Also in "
-             "`claims.parquet` and `claims.json`.")
+             "intervals), paired by trial and epoch for (a), Spearman's ρ for (b). Each "
+             "trial's value is a mean over n images, so its sampling noise is part of the "
+             "trial-to-trial spread the bootstrap resamples; rates with fewer trials are "
+             "compared from their counts (Newcombe's difference of Wilson intervals, image "
+             "sampling only). Also in `claims.parquet` and `claims.json`.")
     doc.text("\n".join(f"- **{title}**: {statement}"
                        for title, statement in claims_table.CLAIMS.values()))
     if claims.is_empty():
