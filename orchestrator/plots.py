@@ -1,6 +1,7 @@
 """PNG figures of the analysis frames (matplotlib, Agg canvas; no pyplot global state).
 
-Each function takes a frame from :mod:`orchestrator.analyze`, writes one PNG and returns its path.
+Each ``<name>_figure`` function draws a frame of :mod:`orchestrator.analyze` as a Figure (tests
+inspect it); ``<name>`` writes it as one PNG and returns the path.
 Δ is plotted as stored: negative = the attack hurt. Rules every figure keeps (issue 13):
 every configuration is drawn (facets or separate lines) or the selection is written in the
 figure; ticks sit only at measured values (integers for epochs and branch points, a symlog
@@ -34,9 +35,9 @@ MARKERS = "osD^vP*Xph<>"
 LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _styled(draw: Callable[..., Path]) -> Callable[..., Path]:
+def _styled(draw: Callable[..., Figure]) -> Callable[..., Figure]:
     @wraps(draw)
-    def inner(*args: Any, **kwargs: Any) -> Path:
+    def inner(*args: Any, **kwargs: Any) -> Figure:
         with matplotlib.rc_context(STYLE):
             return draw(*args, **kwargs)
     return inner
@@ -134,7 +135,7 @@ def _styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 # --- figures ------------------------------------------------------------------------------------
 @_styled
-def delta_vs_eps(frame: pl.DataFrame, path: Path, most: int = MOST_PANELS) -> Path:
+def delta_vs_eps_figure(frame: pl.DataFrame, most: int = MOST_PANELS) -> Figure:
     """White-box Δ vs ε, one line per objective (line style per method), one panel per
     regime × layout: every group, or an evenly spaced ``most`` of them, said in the caption."""
     bp = pl.col("branch_point") if "branch_point" in frame.columns else pl.lit(None, pl.Int64)
@@ -176,11 +177,11 @@ def delta_vs_eps(frame: pl.DataFrame, path: Path, most: int = MOST_PANELS) -> Pa
                  "by sharing); every group is in delta_by_objective.csv")
     fig.suptitle("White-box Δ by objective and ε")
     fig.supxlabel(_caption(frame, selection), fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
 @_styled
-def tradeoff(frame: pl.DataFrame, x: str, attack_label: str, path: Path) -> Path:
+def tradeoff_figure(frame: pl.DataFrame, x: str, attack_label: str) -> Figure:
     """Clean metrics, white-box Δ and cross-task Δ against the amount of sharing, one line
     per regime of the frame, one panel per quantity (their scales differ)."""
     frame = frame.filter(pl.col(x).is_not_null()).sort(x)
@@ -216,11 +217,11 @@ def tradeoff(frame: pl.DataFrame, x: str, attack_label: str, path: Path) -> Path
     fig.supxlabel(_caption(frame, "Trials without adversarial training and with ρ = 0 when the "
                                   "sweep has them (the DGBA paper's setting); means over seeds"),
                   fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
 @_styled
-def cross_task_heatmaps(matrices: list[tuple[str, pl.DataFrame]], path: Path) -> Path:
+def cross_task_heatmaps_figure(matrices: list[tuple[str, pl.DataFrame]]) -> Figure:
     """One heat map per (title, matrix); rows attacked task, columns measured task; a matrix
     with several regimes labels its rows ``regime: task``, with one it names it in the title."""
     fig, axes = _figure(len(matrices), cols=2, width=5.2, height=4.6)
@@ -248,11 +249,11 @@ def cross_task_heatmaps(matrices: list[tuple[str, pl.DataFrame]], path: Path) ->
         ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8, label="Δ")
     fig.suptitle("Cross-task transfer (Δ on the measured task)")
-    return _save(fig, path)
+    return fig
 
 
 @_styled
-def early_stopping(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
+def early_stopping_figure(frame: pl.DataFrame, attack_label: str) -> Figure:
     """Transfer success, transfer Δ, λ_max and SAM-sharpness per early-stopping epoch (one
     panel each), one line per regime (nudged sideways so bars do not overlap); LR decays as
     dotted lines just before the first epoch at the lower rate."""
@@ -285,11 +286,11 @@ def early_stopping(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
     fig.supxlabel(_caption(frame, "Each point: mean over the regime's trials (its layouts and "
                                   "seeds); lines nudged sideways to keep them apart"),
                   fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
 @_styled
-def transfer_vs_rho(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
+def transfer_vs_rho_figure(frame: pl.DataFrame, attack_label: str) -> Figure:
     """Transfer success, transfer Δ and λ_max against the SAM/RFN neighbourhood size ρ on a
     symlog axis (linear below the smallest ρ > 0, so 0 and 0.05 stay apart), one line per
     training regime without ρ (``base_regime``, else adversarial or not)."""
@@ -320,11 +321,11 @@ def transfer_vs_rho(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
     fig.suptitle(f"Transfer vs ρ ({attack_label})")
     fig.supxlabel(_caption(frame, "Final checkpoints; each point: mean over that ρ's trials "
                                   "(layouts and seeds); symlog x axis"), fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
 @_styled
-def clean_vs_adversarial(frame: pl.DataFrame, path: Path) -> Path:
+def clean_vs_adversarial_figure(frame: pl.DataFrame) -> Figure:
     """Grouped bars: white-box Δ per objective family, one bar per training regime, with the
     interval of each bar."""
     rank = {f: i for i, f in enumerate(("dgba", "total", "signsum", "minmax", "single"))}
@@ -352,4 +353,35 @@ def clean_vs_adversarial(frame: pl.DataFrame, path: Path) -> Path:
     fig.supxlabel(_caption(frame, "" if rho is None else
                            f"Trials at ρ = {rho:g} only (SAM/RFN surrogates are in section 5); "
                            "Δ at each objective family's largest ε"), fontsize=9)
-    return _save(fig, path)
+    return fig
+
+
+# --- the PNGs the report embeds --------------------------------------------------------------
+def delta_vs_eps(frame: pl.DataFrame, path: Path, most: int = MOST_PANELS) -> Path:
+    """:func:`delta_vs_eps_figure` written to ``path`` (PNG)."""
+    return _save(delta_vs_eps_figure(frame, most), path)
+
+
+def tradeoff(frame: pl.DataFrame, x: str, attack_label: str, path: Path) -> Path:
+    """:func:`tradeoff_figure` written to ``path`` (PNG)."""
+    return _save(tradeoff_figure(frame, x, attack_label), path)
+
+
+def cross_task_heatmaps(matrices: list[tuple[str, pl.DataFrame]], path: Path) -> Path:
+    """:func:`cross_task_heatmaps_figure` written to ``path`` (PNG)."""
+    return _save(cross_task_heatmaps_figure(matrices), path)
+
+
+def early_stopping(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
+    """:func:`early_stopping_figure` written to ``path`` (PNG)."""
+    return _save(early_stopping_figure(frame, attack_label), path)
+
+
+def transfer_vs_rho(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
+    """:func:`transfer_vs_rho_figure` written to ``path`` (PNG)."""
+    return _save(transfer_vs_rho_figure(frame, attack_label), path)
+
+
+def clean_vs_adversarial(frame: pl.DataFrame, path: Path) -> Path:
+    """:func:`clean_vs_adversarial_figure` written to ``path`` (PNG)."""
+    return _save(clean_vs_adversarial_figure(frame), path)
