@@ -1,0 +1,87 @@
+"""Reading for analysis: each table read once into memory, the rows the queries use, regimes
+made of every varied setting, intervals over trials (orchestrator/analysis_tables.py and the
+interval helper of orchestrator/analyze.py)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from orchestrator import analysis_tables as T
+from orchestrator import analyze as A
+from orchestrator.results import write_trial_table
+
+
+def rows(seed: int, optimizer: str, delta: float, epoch: int = 2) -> list[dict]:
+    common = dict(attempt=0, layout="0+1|0,1", branch_point=1, adv_train="none", rho=0.0,
+                  optimizer=optimizer, seed=seed, epoch=epoch)
+    attack = dict(common, kind="whitebox", attack_method="pgd", objective="dgba", eps=8.0,
+                  steps=2)
+    return [dict(attack, task="mean", metric="delta", rel_change=delta),
+            dict(attack, task="a", metric="delta", rel_change=delta),
+            dict(attack, task="a", metric="miou", clean=0.5, adv=0.4, rel_change=-0.2),
+            dict(common, kind="clean", attack_method="none", objective="none", eps=0.0, steps=0,
+                 task="a", metric="miou", clean=0.5)]
+
+
+def write(root: Path, trials: dict[str, tuple[int, str, float]],
+          axis: dict[str, dict] | None = None) -> None:
+    for trial, (seed, optimizer, delta) in trials.items():
+        write_trial_table(root, "s", "measurements", trial, rows(seed, optimizer, delta),
+                          (axis or {}).get(trial))
+        write_trial_table(root, "s", "epochs", trial, [dict(
+            attempt=0, layout="0+1|0,1", branch_point=1, adv_train="none", rho=0.0,
+            optimizer=optimizer, seed=seed, epoch=2, lr=0.1, lr_decayed=False, kept=True,
+            quantity="lambda_max", value=10.0 + seed)], (axis or {}).get(trial))
+        write_trial_table(root, "s", "timings", trial, [dict(attempt=0, phase="train",
+                                                             seconds=1.0)])
+
+
+def test_queries_run_on_memory_not_on_the_files(tmp_path: Path) -> None:
+    write(tmp_path, {f"t{i}": (i, "sgd", -0.1 * (i + 1)) for i in range(3)})
+    tables = A.load_tables(tmp_path / "s")
+    shutil.rmtree(tmp_path / "s")  # every query below would fail if it re-read a file
+    frame = A.delta_by_objective(tables)
+    assert frame["delta"].to_list() == pytest.approx([-0.2])
+    assert A.early_stopping(tables)[0]["lambda_max"].to_list() == pytest.approx([11.0])
+    assert A.timings(tables)["trials"].to_list() == [3]
+
+
+def test_only_the_rows_the_analysis_uses_are_kept(tmp_path: Path) -> None:
+    write(tmp_path, {"t0": (0, "sgd", -0.1)})
+    m = A.load_tables(tmp_path / "s").measurements.collect()
+    kept = set(m.select("kind", "task", "metric").rows())
+    assert kept == {("whitebox", "mean", "delta"), ("clean", "a", "miou")}
+    assert not set(T.UNREAD) & set(m.columns)
+
+
+def test_every_varied_setting_is_part_of_the_regime(tmp_path: Path) -> None:
+    trials = {"a0": (0, "sgd", -0.1), "a1": (1, "sgd", -0.3), "b0": (0, "adam", -0.5),
+              "b1": (1, "adam", -0.7)}
+    lrs = {"a0": 0.1, "a1": 0.1, "b0": 0.1, "b1": 0.01}
+    write(tmp_path, trials, {t: {"training.lr": lr, "training.seed": trials[t][0]}
+                             for t, lr in lrs.items()})
+    tables = A.load_tables(tmp_path / "s")
+    assert tables.settings == ("optimizer", "training.lr")  # a seed axis is a replicate
+    frame = A.delta_by_objective(tables).sort("regime")
+    assert frame.select("regime", "trials", "delta").rows() == [
+        ("standard optimizer=adam training.lr=0.01", 1, pytest.approx(-0.7)),
+        ("standard optimizer=adam training.lr=0.1", 1, pytest.approx(-0.5)),
+        ("standard optimizer=sgd training.lr=0.1", 2, pytest.approx(-0.2))]
+    assert set(A.early_stopping(tables)[0]["regime"]) == set(frame["regime"])
+
+
+def test_intervals_over_trials_by_hand() -> None:
+    per = pl.DataFrame({"g": ["three"] * 3 + ["two"] * 2 + ["one"],
+                        "v": [1.0, 2.0, 3.0, 5.0, 9.0, 4.0]})
+    out = A.across_trials(per, ["g"], ["v"]).sort("g")
+    got = {row["g"]: row for row in out.iter_rows(named=True)}
+    half = 4.303 * 1.0 / 3 ** 0.5  # t(0.975, df 2) x sd / sqrt(n)
+    assert (got["three"]["v_lo"], got["three"]["v"], got["three"]["v_hi"]) == pytest.approx(
+        (2.0 - half, 2.0, 2.0 + half))
+    assert (got["two"]["v_lo"], got["two"]["v_hi"]) == (5.0, 9.0)  # min–max of two
+    assert (got["one"]["v_lo"], got["one"]["v_hi"]) == (None, None)
+    assert [got[g]["trials"] for g in ("one", "two", "three")] == [1, 2, 3]
+    assert A.t95(1) == 12.706 and A.t95(30) == 2.042 and A.t95(120) == pytest.approx(1.98)
