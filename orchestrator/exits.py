@@ -20,3 +20,18 @@ class SweepBusyError(RuntimeError):
 def is_disk_full(err: BaseException | str) -> bool:
     """An OSError (or a recorded failure reason) that says the filesystem is full."""
     return getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
+
+
+class StopRequest:
+    """Set by the sweep's Ctrl-C / SIGTERM handler, read by Tune's Stopper: a plain picklable
+    flag (Tune pickles its run config, so no lock or Event can live in it)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def set(self, signum: int) -> None:
+        if not self.signum:
+            self.signum = signum
+
+    def is_set(self) -> bool:
+        return self.signum != 0

@@ -28,7 +28,7 @@ from orchestrator import record
 from orchestrator.record import RecordError
 from orchestrator.results_reading import scan_results
 from orchestrator.spec import DEFAULT_STORAGE, SpecError, SweepSpec, parse_spec
-from orchestrator.exits import SweepInterrupted
+from orchestrator.exits import StopRequest, SweepInterrupted
 from orchestrator.fs import filesystem
 from orchestrator.store import model_store_dir
 from orchestrator.sweep_lock import sweep_lock
@@ -244,20 +244,27 @@ def _readable(trial: dict, path: str) -> str:
 
 
 @contextmanager
-def _stop_on_signals(exp_dir: str) -> Iterator[None]:
-    """Ctrl-C or SIGTERM: stop at once with SweepInterrupted; further signals are ignored
-    while Ray shuts down (a second Ctrl-C must not turn a clean stop into a traceback)."""
+def _stop_on_signals(exp_dir: str) -> Iterator[StopRequest]:
+    """Ctrl-C or SIGTERM sets the yielded request, which makes Tune stop its trials and return
+    (its Stopper, orchestrator/tuner.py); the block then raises SweepInterrupted from plain
+    Python. The handler never raises itself: an exception raised inside Ray's C code turns
+    into a SystemError traceback. Later signals change nothing."""
+    request = StopRequest()
+
     def stop(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise SweepInterrupted(exp_dir, signum)
+        if not request.is_set():
+            print("mtlsweep: stopping; finished epochs are kept in the sweep record",
+                  file=sys.stderr, flush=True)
+        request.set(signum)
 
     main = threading.current_thread() is threading.main_thread()  # signals: main thread only
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     for sig in previous:
         signal.signal(sig, stop)
     try:
-        yield
+        yield request
+        if request.is_set():
+            raise SweepInterrupted(exp_dir, request.signum)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -265,12 +272,14 @@ def _stop_on_signals(exp_dir: str) -> Iterator[None]:
 
 def _fit(spec: SweepSpec, exp_dir: str, address: str | None, run: dict,
          points: list[dict] | None, todo: int, done: int) -> Any:
-    with _stop_on_signals(exp_dir):
+    with _stop_on_signals(exp_dir) as stopping:
         started = init_ray(address)
         try:
             check_cluster(spec)
+            if stopping.is_set():
+                return []
             return fit(spec, run, points, num_samples=None if points is not None else todo,
-                       seed_offset=done)
+                       seed_offset=done, stop=stopping)
         finally:
             if started:
                 shutdown()

@@ -20,6 +20,7 @@ from typing import Any
 from mtl.train import NonFiniteLossError
 from orchestrator import record, trial_state
 from orchestrator.devices import check_resources
+from orchestrator.exits import StopRequest
 from orchestrator.spec import SpecError, SweepSpec
 from orchestrator.trial import execute_trial, resolve_trial, sweep_context
 
@@ -163,9 +164,11 @@ def _search_alg(spec: SweepSpec, limit: int) -> Any:
 
 
 def tuner_parts(spec: SweepSpec, tune_dir: str, num_samples: int | None = None,
-                seed_offset: int = 0) -> tuple[Any, Any, Any]:
+                seed_offset: int = 0, stop: StopRequest | None = None
+                ) -> tuple[Any, Any, Any]:
     """(trainable with resources and the sweep context, TuneConfig, RunConfig) for ``spec``;
     Tune keeps its own files in ``tune_dir`` (scratch: the sweep's record is elsewhere).
+    ``stop``: once set, Tune stops every trial and returns (Ctrl-C, orchestrator/sweep.py).
     ``num_samples``/``seed_offset``: what a resumed search still has to sample."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -195,8 +198,8 @@ def tuner_parts(spec: SweepSpec, tune_dir: str, num_samples: int | None = None,
     # One compact status table (readable axis values and a few metrics) instead of Tune's
     # default dump of every config key per trial; RAY_AIR_NEW_OUTPUT=1 brings that back.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ctrl-C must stop the driver at once (the record keeps every finished epoch); Tune's own
-    # handler would instead end fit() quietly and point at Tuner.restore, which we never use.
+    # Ctrl-C is the sweep's to handle (a Stopper ends the run; the record keeps every finished
+    # epoch); Tune's own handler would end fit() quietly and point at Tuner.restore.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if search["mode"] == "grid":
         columns = {f"point/show/{p}": p.rsplit(".", 1)[-1] for p in show_columns(spec)}
@@ -212,6 +215,7 @@ def tuner_parts(spec: SweepSpec, tune_dir: str, num_samples: int | None = None,
         name="tune", storage_path=tune_dir,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
+        stop=_stopper(stop) if stop is not None else None,
         progress_reporter=reporter)
     return trainable, tune.TuneConfig(**kwargs), run_config
 
@@ -243,8 +247,22 @@ class OneLineTrialErrors(logging.Filter):
 _TRIAL_ERRORS = OneLineTrialErrors()
 
 
+def _stopper(request: StopRequest) -> Any:
+    """A Tune Stopper that ends the whole run once ``request`` is set."""
+    from ray.tune.stopper import Stopper
+
+    class StopWhenSet(Stopper):
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return request.is_set()
+
+        def stop_all(self) -> bool:
+            return request.is_set()
+
+    return StopWhenSet()
+
+
 def fit(spec: SweepSpec, run: dict, points: list[dict] | None, num_samples: int | None = None,
-        seed_offset: int = 0) -> Any:
+        seed_offset: int = 0, stop: StopRequest | None = None) -> Any:
     """Run a fresh Tuner over ``points`` (a grid's remaining trials) or ``num_samples``
     samples of a search, and return its ResultGrid. Tune's state goes to a temporary
     directory that is removed afterwards: the sweep's record is mtlsweep's own."""
@@ -253,7 +271,7 @@ def fit(spec: SweepSpec, run: dict, points: list[dict] | None, num_samples: int 
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(_TRIAL_ERRORS)
     try:
         trainable, tune_config, run_config = tuner_parts(spec, tune_dir, num_samples,
-                                                         seed_offset)
+                                                         seed_offset, stop)
         tuner = tune.Tuner(trainable, param_space=param_space(spec, run, points),
                            tune_config=tune_config, run_config=run_config)
         return tuner.fit()

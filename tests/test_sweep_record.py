@@ -199,7 +199,7 @@ def test_ctrl_c_stops_with_130_and_resume_finishes_the_sweep(tmp_path):
                 not list(exp.glob("trials/*/state/manifest.json")):
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[0][-3000:]
-        proc.send_signal(2)  # SIGINT, as Ctrl-C sends
+        os.killpg(proc.pid, 2)  # SIGINT to the whole group, as Ctrl-C in a terminal sends
         time.sleep(0.3)
         proc.send_signal(2)  # a second Ctrl-C during the shutdown: still no traceback
         out, _ = proc.communicate(timeout=120)
