@@ -35,8 +35,7 @@ def judge(measurements: claims_data.Frame, epochs: claims_data.Frame | None = No
     """The claims table of one sweep's ``measurements`` (and ``epochs``, for LR decays and
     sharpness): frames of :func:`orchestrator.analyze.load_tables` or of ``read_results``.
     Pass one sweep's rows (and its latest attempts): trials of different sweeps are pooled."""
-    m = claims_data.measurements(measurements)
-    e = claims_data.epochs(epochs)
+    m, e = claims_data.read(measurements, epochs)
     clean = m.filter(pl.col("kind") == "clean")["metric"].unique().to_list()
     flags = claims_data.directions(measurements, set(clean))
     cells, measure = transfer_cells(m)

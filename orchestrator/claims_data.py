@@ -36,8 +36,7 @@ SHARPNESS = ("lambda_max", "hessian_trace", "sam_sharpness")
 _COVERED_AXES = ("training.epochs",)
 _COVERED_LEAVES = ("seed", "seeds", "rho", "layout", "layouts", "branch_point", "adv_train",
                    "optimizer")
-_EPOCH_COLUMNS = ("sweep", "trial_id", "adv_train", "rho", "epoch", "lr_decayed", "quantity",
-                  "value")
+_EPOCH_INFO = ("unit", "regime", "setting", "adversarial")
 Frame = pl.DataFrame | pl.LazyFrame
 
 
@@ -49,13 +48,6 @@ def _is_setting(name: str) -> bool:
         return True
     return ("." in name and name not in _COVERED_AXES
             and name.rsplit(".", 1)[-1] not in _COVERED_LEAVES)
-
-
-def _select(frame: Frame, wanted: tuple[str, ...]) -> pl.DataFrame:
-    lazy = frame.lazy()
-    names = lazy.collect_schema().names()
-    return lazy.select([c for c in wanted if c in names]
-                       + [c for c in names if _is_setting(c) and c not in wanted]).collect()
 
 
 def _common(frame: pl.DataFrame) -> pl.DataFrame:
@@ -136,13 +128,15 @@ def _claim_rows(transfer: tuple[str, str, float] | None) -> pl.Expr:
                    & (pl.col("eps") == eps))
 
 
-def measurements(frame: Frame) -> pl.DataFrame:
-    """The measurement rows and columns the claims use (transfer rows: the reference transfer
-    attack's, :func:`reference_transfer`), with ``unit``, ``adversarial``, ``setting``,
-    ``regime``, ``sharing``, ``branch_point`` and ``final`` (this row is at the trial's
-    largest epoch). Rows are filtered before they are read, so a large sweep is not
-    loaded whole, and the trial-level columns are worked out once per trial."""
-    lazy = frame.lazy().filter(_claim_rows(reference_transfer(frame)))
+def read(measurements: Frame, epochs: Frame | None = None
+         ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The measurement and epoch rows the claims use, each with the trial's ``unit``,
+    ``adversarial``, ``setting``, ``regime``, ``sharing`` and ``branch_point`` (worked out once
+    per trial, so both tables name a trial's regime alike); measurement rows also get ``final``
+    (at the trial's largest epoch). Measurement rows: clean, white-box and cross-task Δ, and
+    the reference transfer attack's (:func:`reference_transfer`); epoch rows: LR decays and
+    sharpness. Rows are filtered before they are read, so a large sweep is not loaded whole."""
+    lazy = measurements.lazy().filter(_claim_rows(reference_transfer(measurements)))
     names = lazy.collect_schema().names()
     key = [c for c in _TRIAL_KEY if c in names]
     trial = [c for c in _TRIAL_COLUMNS if c in names] + [c for c in names if _is_setting(c)]
@@ -150,8 +144,22 @@ def measurements(frame: Frame) -> pl.DataFrame:
         lazy.select(*key, *(c for c in _ROW_COLUMNS if c in names)),
         lazy.select(*key, *trial).unique(subset=key, keep="first")])
     info = _layout_columns(_common(trials))
-    m = rows.join(info, on=key, how="left")
-    return m.with_columns((pl.col("epoch") == pl.col("epoch").max().over("unit")).alias("final"))
+    m = rows.join(info, on=key, how="left").with_columns(
+        (pl.col("epoch") == pl.col("epoch").max().over("unit")).alias("final"))
+    return m, _epochs(epochs, info.select(*key, *_EPOCH_INFO), key)
+
+
+def _epochs(frame: Frame | None, info: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    schema = {**{c: info.schema[c] for c in _EPOCH_INFO}, "epoch": pl.Int64,
+              "lr_decayed": pl.Boolean, "quantity": pl.String, "value": pl.Float64}
+    if frame is None:
+        return pl.DataFrame(schema=schema)
+    lazy = frame.lazy()
+    if not {*key, "epoch", "quantity", "lr_decayed"} <= set(lazy.collect_schema().names()):
+        return pl.DataFrame(schema=schema)
+    rows = (lazy.filter(pl.col("lr_decayed") | pl.col("quantity").is_in(SHARPNESS))
+            .select(*key, "epoch", "lr_decayed", "quantity", "value").collect())
+    return rows.join(info, on=key).select(list(schema))
 
 
 def directions(frame: Frame, metrics: set[str]) -> dict[str, bool]:
@@ -169,29 +177,6 @@ def directions(frame: Frame, metrics: set[str]) -> dict[str, bool]:
             .group_by("metric").agg(((change * (adv - clean)) > 0).mean().alias("higher"))
             .collect())
     return {**flags, **{k: v >= 0.5 for k, v in seen.iter_rows()}}
-
-
-def epochs(frame: Frame | None) -> pl.DataFrame:
-    """The per-epoch rows and columns the claims use (LR decays, sharpness), with ``unit`` and
-    ``regime``; an empty frame when there is no epochs table."""
-    schema = {"unit": pl.String, "regime": pl.String, "setting": pl.String,
-              "adversarial": pl.Boolean,
-              "epoch": pl.Int64, "lr_decayed": pl.Boolean, "quantity": pl.String,
-              "value": pl.Float64}
-    if frame is None:
-        return pl.DataFrame(schema=schema)
-    lazy = frame.lazy()
-    names = lazy.collect_schema().names()
-    if not {"trial_id", "epoch", "quantity", "lr_decayed"} <= set(names):
-        return pl.DataFrame(schema=schema)
-    e = _select(lazy.filter(pl.col("lr_decayed") | pl.col("quantity").is_in(SHARPNESS)),
-                _EPOCH_COLUMNS)
-    if e.is_empty():
-        return pl.DataFrame(schema=schema)
-    for name, dtype in (("adv_train", pl.String), ("rho", pl.Float64)):
-        if name not in e.columns:
-            e = e.with_columns(pl.lit(None, dtype).alias(name))
-    return _common(e).select(list(schema))
 
 
 def objective_family() -> pl.Expr:

@@ -6,8 +6,10 @@ interval is a bootstrap over the trials: each trial's rate carries its image sam
 so the trial-to-trial spread already holds it (redrawing the images as well would count that
 noise twice; Davison & Hinkley 1997, §3.8). With fewer trials the interval comes from the
 counts (``numerator`` / ``denominator``) alone: Newcombe's difference of two Wilson intervals,
-pooled over the trials, and the row says so. A sweep without success-rate rows (no
-scene_class) is judged on the damage −Δ instead.
+pooled over the trials, and the row says so. The best early-stopped plain checkpoint of (d)
+is chosen on the data, so each bootstrap replicate chooses it again (the selection's own
+luck stays inside the interval). A sweep without success-rate rows (no scene_class) is
+judged on the damage −Δ instead.
 """
 from __future__ import annotations
 
@@ -32,12 +34,12 @@ def transfer_cells(m: pl.DataFrame) -> tuple[pl.DataFrame, str]:
     """Per trial × epoch: ``rate`` (success rate pooled over targets, each weighted by its
     denominator; ``images``: the mean denominator when every row has its counts, else null)
     of the transfer rows of ``m`` (one attack, see claims_data.reference_transfer); and what
-    ``rate`` measures. The targets score the same
-    images, so ``images`` (not their sum over targets) is what a count-based interval uses."""
+    ``rate`` measures. The targets score the same images, so ``images`` (not their sum over
+    the targets) is what a count-based interval uses."""
     t = m.filter(pl.col("kind") == "transfer")
     if t.is_empty():
         return pl.DataFrame(schema=_CELLS), ""
-    first = t.row(0, named=True)  # one attack: claims_data.measurements kept only its rows
+    first = t.row(0, named=True)  # one attack: claims_data.read kept only its rows
     label = f"{first['objective']} / {first['attack_method']} / ε={first['eps']:g}"
     keys = ["unit", "regime", "setting", "adversarial", "rho", "epoch"]
     rates = t.filter((pl.col("metric") == "success_rate") & pl.col("adv").is_finite())
@@ -70,16 +72,14 @@ class _Group:
 
     @classmethod
     def of(cls, cells: pl.DataFrame) -> "_Group":
-        epochs = np.array(sorted(set(cells["epoch"].unique().to_list())))
-        units = sorted(set(cells["unit"].unique().to_list()))
-        rate = np.full((len(units), epochs.size), np.nan)
-        images = np.full_like(rate, np.nan)
-        row = {u: i for i, u in enumerate(units)}
-        for unit, epoch, value, n in cells.select("unit", "epoch", "rate", "images").iter_rows():
-            i, j = row[unit], int(np.searchsorted(epochs, epoch))
-            rate[i, j] = value
-            images[i, j] = np.nan if n is None else n
-        return cls(epochs, rate, images)
+        at = cells.select((pl.col("unit").rank("dense") - 1).alias("i"),
+                          (pl.col("epoch").rank("dense") - 1).alias("j"),
+                          pl.col("rate").fill_null(np.nan), pl.col("images").fill_null(np.nan))
+        i, j = at["i"].to_numpy(), at["j"].to_numpy()
+        rate = np.full((cells["unit"].n_unique(), cells["epoch"].n_unique()), np.nan)
+        images = rate.copy()
+        rate[i, j], images[i, j] = at["rate"].to_numpy(), at["images"].to_numpy()
+        return cls(np.sort(cells["epoch"].unique().to_numpy()), rate, images)
 
     @property
     def units(self) -> int:
@@ -180,7 +180,7 @@ def _peak_row(cells: pl.DataFrame, decays: pl.DataFrame, regime: str, measure: s
             for flag in (True, False)}
     values = (per_trial["at"] - per_trial["other"]).to_numpy()
     statistic = (f"{measure}: the checkpoint at or right after the decay minus the best other "
-                 f"checkpoint, mean over {values.size} trials")
+                 f"checkpoint, over {values.size} trials")
     return _judge_difference(
         "c", condition, T.ABOVE, float(values.mean()),
         lambda: mean_interval(rng_for("c", condition), values), (values.size,),
@@ -203,15 +203,14 @@ def _sharpness_row(e: pl.DataFrame, decays: pl.DataFrame, regime: str) -> dict |
               .agg(side.last().alias("before")))
     after = (pairs.filter(pl.col("epoch") >= pl.col("decay")).group_by("unit", "decay")
              .agg(side.first().alias("after")))
-    changes = (before.join(after, on=["unit", "decay"]).filter(pl.col("before") != 0)
-               .group_by("unit").agg(((pl.col("after") - pl.col("before"))
-                                      / pl.col("before").abs()).mean().alias("change"))
+    changes = (before.join(after, on=["unit", "decay"])
+               .group_by("unit").agg((pl.col("after") - pl.col("before")).mean().alias("change"))
                .sort("unit")["change"].to_numpy())
     if changes.size == 0:
         return T.not_measured("c", condition, f"no {quantity} both before and at or after the "
                               "decay")
-    statistic = (f"relative change of {quantity} from the last measurement before the decay "
-                 f"to the first at or after it, mean over {changes.size} trials")
+    statistic = (f"change of {quantity} (its own units) from the last measurement before the "
+                 f"decay to the first at or after it, mean over {changes.size} trials")
     return T.judged_mean("c", condition, T.BELOW, changes, statistic)
 
 
@@ -224,7 +223,8 @@ def decay_rows(cells: pl.DataFrame, measure: str, e: pl.DataFrame) -> list[dict]
                 for part in ("transfer peak", "sharpness drop")]
     cells = cells.filter(pl.col("unit").is_in(decays["unit"].implode()))
     e = e.filter(pl.col("unit").is_in(decays["unit"].implode()))
-    regimes = sorted(set(e["regime"].unique().to_list()) | set(cells["regime"].unique().to_list()))
+    regimes = sorted(set(e["regime"].unique().to_list())
+                     | set(cells["regime"].unique().to_list()))
     rows = []
     if cells.is_empty():
         rows.append(T.not_measured("c", "transfer peak", "no transfer targets in this sweep"))
@@ -255,7 +255,7 @@ def _compare(rfn: _Group, other: _Group, early: bool, rho: float, name: str, mea
         theirs = candidates & (np.arange(candidates.shape[1]) == best)
         picked = float(means[best])
         their_values = np.where(candidates, other.rate, np.nan)
-        which = f" (epoch {other.epochs[best]}, re-chosen in each replicate)"
+        which = f" (epoch {other.epochs[best]})"
     else:
         theirs = other.final_mask()
         their_values, which = _finals(other), ""

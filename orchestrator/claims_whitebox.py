@@ -131,9 +131,9 @@ def sharing_rows(m: pl.DataFrame, flags: dict[str, bool]) -> list[dict]:
                                                pl.col("branch_point").first(),
                                                pl.col("layout").first()))
     damage, attack = cross_damage(m)
-    parts = (("clean accuracy", clean_scores(m, flags), "no clean measurements in this sweep",
+    parts = (("clean accuracy", clean_scores(m, flags), "clean measurements",
               "the clean score (primary metrics, signed, relative to the regime mean)"),
-             ("cross-task damage", damage, "no cross-task measurements in this sweep",
+             ("cross-task damage", damage, "cross-task measurements",
               f"cross-task damage (−Δ on the tasks not attacked, {attack})"))
     if layouts.is_empty():
         return [T.not_measured("b", part, "the model has no sharing layouts (layout is not a "
@@ -145,9 +145,9 @@ def sharing_rows(m: pl.DataFrame, flags: dict[str, bool]) -> list[dict]:
                                if layouts["layout"].n_unique() > 1 else "only one layout")
                 for part, *_ in parts]
     rows = []
-    for part, values, absent, what in parts:
+    for part, values, measured, what in parts:
         if values.is_empty():
-            rows.append(T.not_measured("b", part, absent))
+            rows.append(T.not_measured("b", part, f"no {measured} in this sweep"))
             continue
         for regime in regimes:
             g = (layouts.filter(pl.col("regime") == regime)
@@ -156,7 +156,8 @@ def sharing_rows(m: pl.DataFrame, flags: dict[str, bool]) -> list[dict]:
             x_name = "branch point" if by_branch else "shared fraction"
             condition = f"{part}, {regime}, x={x_name}"
             if g.height == 0 or g["layout"].n_unique() < 2:
-                rows.append(T.not_measured("b", condition, f"{absent} for two layouts"))
+                rows.append(T.not_measured("b", condition, f"{measured} of fewer than two "
+                                                           "layouts in this regime"))
                 continue
             x = g["branch_point" if by_branch else "sharing"].cast(pl.Float64).to_numpy()
             y = g["y"].to_numpy()
