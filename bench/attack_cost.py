@@ -13,6 +13,7 @@ Same model and batch, measured side by side in one run: warm-up, then interleave
   forward; goal <= 1.3);
 * pgd_over_raw: a whole `attack(..., method="pgd", objective="total")` / the same PGD written
   as a raw autograd loop (goal <= 1.05), and step_pgd_over_raw for the marginal step;
+* cpu_*: the goal ratios from median CPU (process) seconds, fairer on a loaded machine;
 * attack_dgba_over_total: whole PGD attacks of `--steps` steps, DGBA / TOTAL (includes DGBA's
   one clean forward per attack; the sweep's goal <= 1.05 needs that forward shared, see
   mtl/evaluate.py).
@@ -73,26 +74,29 @@ def raw_pgd(model: torch.nn.Module, batch: dict[str, torch.Tensor], tasks: list[
     return x
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall and CPU (process) seconds of one call; with torch on one thread the CPU time is the
+    fairer number on a machine shared with other jobs (waiting for a core does not count)."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def measure(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
-            ) -> tuple[dict[str, float], dict[str, float]]:
-    """Median and minimum seconds per variant, interleaved with a rotating order (the minimum
-    is the steadier estimate on a machine shared with other jobs)."""
+            ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Median and minimum wall seconds and median CPU seconds per variant, interleaved with a
+    rotating order (the minimum is the steadier wall estimate on a shared machine)."""
     names = list(variants)
     for _ in range(warmup):
         for name in names:
             variants[name]()
-    samples: dict[str, list[float]] = {n: [] for n in names}
+    samples: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
             samples[name].append(timed(variants[name]))
-    return ({n: statistics.median(s) for n, s in samples.items()},
-            {n: min(s) for n, s in samples.items()})
+    return ({n: statistics.median(w for w, _ in s) for n, s in samples.items()},
+            {n: min(w for w, _ in s) for n, s in samples.items()},
+            {n: statistics.median(c for _, c in s) for n, s in samples.items()})
 
 
 def bench_tasks(T: int, args: argparse.Namespace) -> dict[str, float]:
@@ -113,7 +117,7 @@ def bench_tasks(T: int, args: argparse.Namespace) -> dict[str, float]:
                            {"solver": "fast", "denominator": "current", "dual_iters": 50}
                            ).prepare()
     steps = args.steps
-    times, fastest = measure({
+    times, fastest, cpu = measure({
         "total": lambda: total_direction(ctx, x),
         "dgba": lambda: dgba_direction(ctx, x),
         "reference": lambda: dgba_direction_reference(model, x, batch, tasks),
@@ -144,6 +148,10 @@ def bench_tasks(T: int, args: argparse.Namespace) -> dict[str, float]:
             "min_reference_over_dgba": fastest["reference"] / fastest["dgba"],
             "min_minmax_over_signsum": fastest["minmax"] / fastest["signsum"],
             "min_pgd_over_raw": fastest["pgd_total_steps"] / fastest["raw_steps"],
+            "cpu_minmax_over_signsum": cpu["minmax"] / cpu["signsum"],
+            "cpu_pgd_over_raw": cpu["pgd_total_steps"] / cpu["raw_steps"],
+            "cpu_attack_dgba_over_total": cpu["pgd_dgba_steps"] / cpu["pgd_total_steps"],
+            "cpu_dgba_over_total": cpu["dgba"] / cpu["total"],
             "pgd_step_total_ms": 1e3 * step["total"], "pgd_step_dgba_ms": 1e3 * step["dgba"],
             "raw_step_ms": 1e3 * raw_step,
             "dgba_fixed_overhead_ms": 1e3 * (times["pgd_dgba_few"] - few * step["dgba"]
@@ -177,7 +185,9 @@ def main() -> None:
               f"minmax/signsum {r['minmax_over_signsum']:.3f} (min {r['min_minmax_over_signsum']:.3f})"
               f"  pgd/raw {r['pgd_over_raw']:.3f} (min {r['min_pgd_over_raw']:.3f}, per step "
               f"{r['step_pgd_over_raw']:.3f})  whole attack dgba/total "
-              f"{r['attack_dgba_over_total']:.3f}")
+              f"{r['attack_dgba_over_total']:.3f}  | by CPU time: minmax/signsum "
+              f"{r['cpu_minmax_over_signsum']:.3f}  pgd/raw {r['cpu_pgd_over_raw']:.3f}  "
+              f"whole attack dgba/total {r['cpu_attack_dgba_over_total']:.3f}")
     load = [round(a, 2) for a in load_before + os.getloadavg()]
     print(f"load average before (1/5/15 min) {load[:3]}, after {load[3:]} on "
           f"{os.cpu_count()} cores")
