@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import analysis
 from orchestrator.claims import judge, verdict_summary
+from orchestrator.claims_data import directions
 from orchestrator.claims_table import (ABOVE, BELOW, CLAIMS, HOLDS, INCONCLUSIVE, NOT_MEASURED,
                                        REFUTED, verdict)
 from orchestrator.intervals import (LARGE_UNITS, MIN_UNITS, mean_interval, newcombe, rng_for,
@@ -349,9 +350,23 @@ def test_claims_the_sweep_does_not_vary_are_not_measured() -> None:
     assert no_dgba["reason"].to_list() == ["no DGBA attack in this sweep"]
 
 
+def test_a_model_without_layouts_and_a_users_metric() -> None:
+    """No layout strings: (b) is not measured. A metric mtlsweep does not know gets its
+    direction from its attack rows (Δ has the sign of adv − clean when higher is better)."""
+    rows = [dict(r, layout=None, branch_point=None) for r in sharing_sweep(0.05)]
+    claims = rows_of(judge(frame(rows)), "b")
+    assert set(claims["verdict"]) == {NOT_MEASURED}
+    assert claims["reason"][0].startswith("the model has no sharing layouts")
+    t = dict(trial("u"), epoch=1, kind="whitebox", attack_method="pgd", objective="dgba",
+             eps=8.0, steps=10)
+    attack = [dict(t, task="saliency", metric="err", clean=0.2, adv=0.5, rel_change=-1.5),
+              dict(t, task="saliency", metric="hits", clean=0.8, adv=0.4, rel_change=-0.5)]
+    assert directions(frame(attack), {"err", "hits", "miou", "unseen"}) == {
+        "err": False, "hits": True, "miou": True}
+
+
 # --- through analyze() --------------------------------------------------------------------------
-def test_analyze_writes_the_claims_first_in_the_report(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_analyze_writes_the_claims_first_in_the_report(tmp_path: Path) -> None:
     rows = dgba_sweep(4, 0.1, 0.01) + sharing_sweep(0.05, layouts=(1, 4))
     m, e = decay_sweep({2: 0.2, 4: 0.4, 6: 0.3}, {2: 50.0, 4: 20.0, 6: 18.0}, trials=3)
     tables = {"measurements": pl.concat([frame(rows), m]), "epochs": e}
@@ -378,8 +393,7 @@ def test_analyze_writes_the_claims_first_in_the_report(tmp_path: Path,
     assert verdicts[f"{CLAIMS['a'][0]} eps=8, adv_train=none, vs=total"] == HOLDS
     assert verdicts[f"{CLAIMS['c'][0]} transfer peak, adv_train=none, ρ=0, decay at epoch 4"] \
         == HOLDS
-    print(verdict_summary(result.claims))
-    printed = capsys.readouterr().out.splitlines()
+    printed = verdict_summary(result.claims).splitlines()
     assert printed[0].startswith("claims judged (95% intervals")
     assert printed[1].startswith(f"  {CLAIMS['a'][0]}: ") and "holds" in printed[1]
     assert any(line.startswith(f"  {CLAIMS['d'][0]}: {NOT_MEASURED}") for line in printed)
