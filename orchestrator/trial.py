@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mtl.config.build import build_model, build_split, register_tasks
+from mtl.config.compute import Compute
 from mtl.config.run import RunConfig, parse_run_config
 from mtl.models.layout import Layout
 from mtl.plugins import add_import_paths
@@ -180,6 +181,7 @@ def _train(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str, device: t
     else:
         result = train(model, data["train"], config, val_set=data["val"],
                        checkpoint_meta={"data": dict(trial["model_config"]["dataset"])},
+                       compute=Compute.from_dict(trial["run"].compute),
                        checkpoint_dir=str(ckpt_dir), callback=callback, resume_state=resume,
                        progress=progress, device=device)
         history = result.history
@@ -205,10 +207,12 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
     the specs (+ the official APGD's clean losses) and scoring them on the surrogate,
     ``eval_cross_task`` crafting the cross-task specs that are not among the specs and scoring
     them, ``eval_transfer`` the targets' clean reference and scoring the crafted batches on
-    the targets."""
+    the targets. The run's ``compute`` settings apply to crafting (autocast, channels-last,
+    torch.compile); scoring runs the eager model."""
     from mtl.attacks import AttackSpec
     from mtl.data import make_loader
-    from mtl.evaluate import TargetReference, cross_task_specs, evaluate_checkpoint
+    from mtl import evaluate
+    from mtl.evaluate import TargetReference, cross_task_specs
     from mtl.models.task_model import as_task_model
     from mtl.train import load_checkpoint
     run: RunConfig = trial["run"]
@@ -234,6 +238,8 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
         rows.extend({"epoch": epoch, "kind": kind, "surrogate_id": surrogate_id,
                      "target_id": surrogate_id, **row} for row in new)
 
+    compute = Compute.from_dict(run.compute)
+    craft = compute.crafter(evaluate._craft) if not compute.is_default else None
     model = build_model(trial["model_config"], data["train"])  # each epoch loads its weights
     cross_specs = (cross_task_specs(as_task_model(model, None).tasks, cross["method"],
                                     cross["eps"], cross["steps"]) if cross else [])
@@ -241,10 +247,11 @@ def _evaluate(trial: Mapping, data: dict, ckpt_dir: Path, store_dir: str,
         timings.setdefault(f"eval_{phase}", 0.0)
     for epoch, path in sorted(checkpoint_paths(ckpt_dir).items()):
         load_checkpoint(str(path), model=model, device=device)
-        model.eval()
+        compute.prepare_model(model).eval()
         # attacks with random starts repeat exactly
         torch.manual_seed(trial["labels"]["seed"] * 100_003 + epoch)
-        result = evaluate_checkpoint(model, loader, specs, reference, cross=cross_specs)
+        result = evaluate.evaluate_checkpoint(model, loader, specs, reference,
+                                              cross=cross_specs, craft=craft)
         for kind in ("clean", "whitebox", "cross_task", "transfer"):
             add(kind, epoch, getattr(result, kind))
         for phase, seconds in result.seconds.items():

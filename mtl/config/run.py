@@ -10,6 +10,7 @@ A run configuration is the YAML mapping a sweep file holds without its orchestra
     sharpness: null | {...}                                 # mtl.train.SharpnessConfig
     attacks:  {methods, objectives, eps, steps, eval_samples, batch_size, options}
     cross_task: false | true | {method, eps, steps}
+    compute:  {autocast: none | bf16, channels_last: false, compile: false}  # mtl.config.compute
 
 `parse_run_config` reads it into a frozen `RunConfig` of plain JSON-able values (so it crosses
 process boundaries and hashes stably) or raises one `ConfigError` starting with the path of the
@@ -25,13 +26,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mtl.config.compute import DEFAULTS as COMPUTE_DEFAULTS
+from mtl.config.compute import parse_compute
 from mtl.config.evaluation import parse_attacks, parse_cross_task
 from mtl.config.reading import Node
 from mtl.config.sections import parse_dataset, parse_model, parse_tasks, task_names_of
 from mtl.config.training import adv_label, parse_adv, parse_sharpness, parse_training
 
 RUN_KEYS = ("dataset", "tasks", "model", "training", "adv_train", "sharpness", "attacks",
-            "cross_task")
+            "cross_task", "compute")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class RunConfig:
     training: dict
     attacks: dict
     cross_task: dict | None
+    compute: dict = dataclasses.field(default_factory=lambda: dict(COMPUTE_DEFAULTS))
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -58,11 +62,19 @@ class RunConfig:
         """Everything that decides the trained weights (what the model store hashes):
         validation/test sizes and the attacks do not change the model, so they are left out."""
         data = {k: v for k, v in self.dataset.items() if k not in ("val", "test")}
-        return {"dataset": data, "tasks": [dict(t) for t in self.tasks],
-                "model": dict(self.model), "train": dict(self.training)}
+        key = {"dataset": data, "tasks": [dict(t) for t in self.tasks],
+               "model": dict(self.model), "train": dict(self.training)}
+        if self.compute["autocast"] != "none":  # bf16 training changes the weights
+            key["autocast"] = self.compute["autocast"]
+        return key
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain values; ``compute`` only when it is not the defaults (so a
+        config without the section keeps its trial id)."""
+        out = dataclasses.asdict(self)
+        if out["compute"] == COMPUTE_DEFAULTS:
+            del out["compute"]
+        return out
 
 
 def _section(memo: dict | None, parse: Callable[..., Any], *args: Any) -> Any:
@@ -90,5 +102,6 @@ def parse_run_config(raw: Mapping, memo: dict | None = None) -> RunConfig:
     training = _section(memo, parse_training, top.require("training"), names, adv, sharpness)
     attacks = _section(memo, parse_attacks, top.require("attacks"), names, dataset["test"])
     cross = _section(memo, parse_cross_task, top.get("cross_task", False), names)
+    compute = _section(memo, parse_compute, top.get("compute"))
     return RunConfig(dataset=dataset, tasks=tasks, model=model, training=training,
-                     attacks=attacks, cross_task=cross)
+                     attacks=attacks, cross_task=cross, compute=compute)

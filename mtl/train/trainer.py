@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from mtl.config.compute import Compute
 from mtl.models.outputs import task_outputs
 from mtl.models.task_model import as_task_model, unwrap
 from mtl.tasks import get_task, new_metrics, task_loss
@@ -196,11 +197,14 @@ def train(model: nn.Module, train_set: Any, config: TrainConfig, *, val_set: Any
           resume_state: Mapping[str, Any] | None = None, progress: bool = True,
           device: torch.device | str | None = None, tasks: Sequence[str] | None = None,
           out_channels: Mapping[str, int | None] | None = None,
-          checkpoint_meta: Mapping[str, Any] | None = None) -> TrainResult:
+          checkpoint_meta: Mapping[str, Any] | None = None,
+          compute: Compute | None = None) -> TrainResult:
     """Train `model` on `train_set` under `config`; see the module docstring for the records.
 
     ``checkpoint_meta`` (JSON-able) goes into every kept checkpoint's sidecar, e.g.
     ``{"data": <dataset settings>}`` so that a checkpoint says what it was trained on.
+    ``compute`` (`mtl.config.compute.Compute`): bf16 autocast around the forwards (and the
+    adversarial-training attacks), channels-last model and images; default: neither.
 
     `model` is the built-in network or any module whose `forward(x)` returns {task: tensor};
     for one without a `tasks` attribute pass `tasks=` (and `out_channels=` for heads whose
@@ -214,6 +218,8 @@ def train(model: nn.Module, train_set: Any, config: TrainConfig, *, val_set: Any
     _check_inputs(model, train_set, config, val_set, checkpoint_dir, resume_state)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
+    compute = compute or Compute()
+    compute.prepare_model(model)
     weights = {t: config.weight(t) for t in model.tasks}
 
     torch.manual_seed(config.seed)
@@ -253,14 +259,19 @@ def train(model: nn.Module, train_set: Any, config: TrainConfig, *, val_set: Any
         seen = 0
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            pairs = training_batches(model, batch, config.adv, step)
+            batch["image"] = compute.images(batch["image"])
+            with compute.autocast_context(device):
+                pairs = training_batches(model, batch, config.adv, step)
             logged: dict[str, torch.Tensor] = {}
 
             def closure() -> torch.Tensor:
                 total = 0.0
                 parts_sum: dict[str, torch.Tensor] = {}
                 for b, w in pairs:
-                    loss, parts = weighted_task_loss(model, b, weights)
+                    with compute.autocast_context(device):
+                        loss, parts = weighted_task_loss(model, b, weights)
+                    if compute.autocast != "none":
+                        loss = loss.float()  # a bf16 loss of a user's task sums in float32
                     total = total + w * loss
                     for t, v in parts.items():
                         parts_sum[t] = parts_sum.get(t, 0.0) + w * v.detach()
