@@ -13,6 +13,12 @@ success rate, whose counts are `numerator` / `denominator` (`adv = numerator / d
 both None on rows that are not rates). `attack_options` is the attack's method/objective
 options as canonical JSON (`{}` when none; None on clean rows).
 
+One pass per checkpoint: `evaluate_checkpoint` crafts each spec once per batch and scores the
+adversarial batch on the model (white-box), on every transfer target and for the cross-task
+specs it shares, with one clean forward per batch; the targets' clean scores
+(`TargetReference`) are computed once per trial. `evaluate_attacks`, `cross_task_rows` and
+`evaluate_transfer` are its one-phase forms (the rows are the same).
+
 Models: the built-in network or any module whose `forward(x)` returns {task: tensor}; one
 without a `tasks` attribute needs `tasks=` (its task names) and is wrapped by `as_task_model`
 (metrics whose class count it does not declare read it from the first prediction).
