@@ -35,11 +35,14 @@ def dual_value(w: Tensor, G: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Te
     return torch.maximum(hi * v, lo * v).sum(-1), v
 
 
-def line_min(v: Tensor, d: Tensor, lo: Tensor, hi: Tensor, tmax: Tensor) -> Tensor:
+def line_min(v: Tensor, d: Tensor, lo: Tensor, hi: Tensor, tmax: Tensor,
+             nearest: int | None = None) -> Tensor:
     """Exact argmin over tau in [0, tmax] of sum_i max(hi_i u_i, lo_i u_i), u = v + tau d.
 
     The function is convex piecewise linear in tau; walk its sorted breakpoints until the slope
-    turns non-negative (a weighted median), batched over rows.
+    turns non-negative (a weighted median), batched over rows. `nearest`: walk only that many
+    nearest breakpoints (a partial sort); where the minimum lies beyond them the result is the
+    last one walked, a point of lower value than tau = 0 but not the minimum.
     """
     pos = (v > 0) | ((v == 0) & (d > 0))
     slope0 = (d * torch.where(pos, hi, lo)).sum(-1)
@@ -47,12 +50,20 @@ def line_min(v: Tensor, d: Tensor, lo: Tensor, hi: Tensor, tmax: Tensor) -> Tens
     valid = (d != 0) & (kink > 0)
     kink = torch.where(valid, kink, torch.full_like(kink, float("inf")))
     inc = torch.where(valid, d.abs() * (hi - lo), torch.zeros_like(d))
-    sorted_kinks, order = kink.sort(-1)
+    if nearest is None or nearest >= kink.shape[-1]:
+        sorted_kinks, order = kink.sort(-1)
+        last = tmax
+    else:  # the nearest breakpoints only: past the last one g still descends, stop there
+        sorted_kinks, order = kink.topk(nearest, -1, largest=False)
+        last = torch.minimum(sorted_kinks[:, -1], tmax)
     reached = (slope0[:, None] + inc.gather(-1, order).cumsum(-1)) >= 0
     first = reached.to(torch.int64).argmax(-1)
     tau = sorted_kinks.gather(-1, first[:, None]).squeeze(-1)
-    tau = torch.where(reached.any(-1), tau, tmax).clamp_max(tmax)
+    tau = torch.where(reached.any(-1), tau, last).clamp_max(tmax)
     return torch.where(slope0 >= 0, torch.zeros_like(tau), tau)
+
+
+LINE_KINKS = 64  # breakpoints a round's line search walks (the model's vertex is near)
 
 
 @lru_cache(maxsize=None)
@@ -189,7 +200,7 @@ def solve_minmax_dual(G: Tensor, lo: Tensor, hi: Tensor, max_rounds: int = 50,
     for _ in range(max_rounds):
         target = _model_minimiser(w, G, lo, hi, v, gnorm)
         d = target - w
-        tau = line_min(v, torch.bmm(d.unsqueeze(1), G).squeeze(1), lo, hi, ones)
+        tau = line_min(v, torch.bmm(d.unsqueeze(1), G).squeeze(1), lo, hi, ones, LINE_KINKS)
         w_new = (w + tau[:, None] * d).clamp_min(0.0)
         w_new = w_new / w_new.sum(-1, keepdim=True)
         new_value, new_v = dual_value(w_new, G, lo, hi)
