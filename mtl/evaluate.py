@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl.attacks import AttackSpec, attack, with_dataset_clean_losses
+from mtl.attacks.modes import eval_mode, held_eval
 from mtl.models.task_model import as_task_model
 from mtl.scoring import (SUCCESS_TASK, PhaseClock, RngStream, Scorer, TargetReference,
                          correct_mask, device_of, eval_tasks, progress_line, rng_state,
@@ -47,11 +48,12 @@ def _score_clean(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
                  tasks: Sequence[str] | None, progress: bool) -> Scorer:
     model = task_model(model, tasks)
     scorer = None
-    for i, batch in enumerate(loader):
-        batch = to_device(batch, device_of(model))
-        scorer = scorer or Scorer(model, eval_tasks(model, batch, tasks))
-        scorer.update(batch["image"], batch)
-        progress_line(progress, "clean", i)
+    with eval_mode(model):  # modes saved once for the pass
+        for i, batch in enumerate(loader):
+            batch = to_device(batch, device_of(model))
+            scorer = scorer or Scorer(model, eval_tasks(model, batch, tasks))
+            scorer.update(batch["image"], batch)
+            progress_line(progress, "clean", i)
     if scorer is None:
         raise ValueError("loader: yielded no batch")
     return scorer
@@ -189,53 +191,57 @@ def evaluate_checkpoint(model: nn.Module, loader: Iterable[Mapping[str, Tensor]]
     main, side = RngStream(), RngStream()
     clean = None
     n_batches = 0
-    for i, batch in enumerate(loader):
-        batch = to_device(batch, device_of(model))
-        if clean is None:
-            scored = eval_tasks(model, batch, None)
-            clean = Scorer(model, scored)
-            advs = [Scorer(model, scored) for _ in specs]
-            cross_advs = [Scorer(model, scored) for _ in cross]
-            moved = {}
+    models = [model] + ([s.model for s in targets.clean.values()] if targets is not None else [])
+    with held_eval(models):  # every model's modes saved once for the pass
+        for i, batch in enumerate(loader):
+            batch = to_device(batch, device_of(model))
+            if clean is None:
+                scored = eval_tasks(model, batch, None)
+                clean = Scorer(model, scored)
+                advs = [Scorer(model, scored) for _ in specs]
+                cross_advs = [Scorer(model, scored) for _ in cross]
+                moved = {}
+                if targets is not None:
+                    tr = {tid: [Scorer(s.model, s.tasks) for _ in specs]
+                          for tid, s in targets.clean.items()}
+                    fooled = {tid: [0] * len(specs) for tid in targets.clean}
             if targets is not None:
-                tr = {tid: [Scorer(s.model, s.tasks) for _ in specs]
-                      for tid, s in targets.clean.items()}
-                fooled = {tid: [0] * len(specs) for tid in targets.clean}
-        if targets is not None:
-            if i >= len(targets.correct):
-                raise ValueError("targets: the TargetReference saw fewer batches than loader")
-            moved = {tid: to_device(batch, device_of(s.model)) for tid, s in targets.clean.items()}
-        if whitebox or cross:
-            with clock("clean"):
-                clean.update(batch["image"], batch)
-        reusable: dict[int, Tensor] = {}
-        with main:
-            for s, spec in enumerate(crafted):
-                before = rng_state()
-                with clock("whitebox"):
-                    adv = craft(model, batch, spec)
-                    if whitebox:
-                        advs[s].update(adv, batch)
-                if all(torch.equal(a, b) for a, b in zip(before, rng_state())):
-                    reusable[s] = adv
-                if targets is None:
-                    continue
-                with clock("transfer"):
-                    for tid, scorers in tr.items():
-                        preds = scorers[s].update(adv, moved[tid])
-                        correct = targets.correct[i]
-                        if correct is not None and SUCCESS_TASK in scorers[s].tasks:
-                            fooled[tid][s] += int((~correct_mask(preds, batch) & correct).sum())
-        with side:
-            for c, spec in enumerate(cross):
-                with clock("cross_task"):
-                    adv = reusable.get(shared.get(c, -1))
-                    if adv is None:
-                        adv = craft(model, batch, own_crafted[spec] if spec in own_crafted
-                                    else crafted[shared[c]])
-                    cross_advs[c].update(adv, batch)
-        n_batches += 1
-        progress_line(progress, "evaluate", i)
+                if i >= len(targets.correct):
+                    raise ValueError("targets: the TargetReference saw fewer batches than loader")
+                moved = {tid: to_device(batch, device_of(s.model))
+                         for tid, s in targets.clean.items()}
+            if whitebox or cross:
+                with clock("clean"):
+                    clean.update(batch["image"], batch)
+            reusable: dict[int, Tensor] = {}
+            with main:
+                for s, spec in enumerate(crafted):
+                    before = rng_state()
+                    with clock("whitebox"):
+                        adv = craft(model, batch, spec)
+                        if whitebox:
+                            advs[s].update(adv, batch)
+                    if all(torch.equal(a, b) for a, b in zip(before, rng_state())):
+                        reusable[s] = adv
+                    if targets is None:
+                        continue
+                    with clock("transfer"):
+                        for tid, scorers in tr.items():
+                            preds = scorers[s].update(adv, moved[tid])
+                            correct = targets.correct[i]
+                            if correct is not None and SUCCESS_TASK in scorers[s].tasks:
+                                wrong = ~correct_mask(preds, batch) & correct
+                                fooled[tid][s] += int(wrong.sum())
+            with side:
+                for c, spec in enumerate(cross):
+                    with clock("cross_task"):
+                        adv = reusable.get(shared.get(c, -1))
+                        if adv is None:
+                            adv = craft(model, batch, own_crafted[spec] if spec in own_crafted
+                                        else crafted[shared[c]])
+                        cross_advs[c].update(adv, batch)
+            n_batches += 1
+            progress_line(progress, "evaluate", i)
     if clean is None:
         raise ValueError("loader: yielded no batch")
     if targets is not None and n_batches != len(targets.correct):

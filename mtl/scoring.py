@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtl.attacks.modes import eval_mode, held_eval
 from mtl.models.outputs import task_outputs
 from mtl.models.task_model import as_task_model
 from mtl.tasks import get_task, new_metrics
@@ -58,13 +59,8 @@ class Scorer:
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> dict[str, Tensor]:
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        try:
+        with eval_mode(self.model):  # free inside an evaluation pass that holds eval mode
             return task_outputs(self.model, images.to(device_of(self.model)), self.tasks)
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
 
     def update(self, images: Tensor, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         preds = self.predict(images)
@@ -96,6 +92,15 @@ class TargetReference:
         models = {tid: task_model(target, tasks) for tid, target in targets.items()}
         self.clean: dict[str, Scorer] = {}
         self.correct: list[Tensor | None] = []  # per batch, on the CPU
+        with held_eval(models.values()):
+            self._score(loader, models)
+        if not self.clean:
+            raise ValueError("loader: yielded no batch")
+        self.metrics = {tid: scorer.compute() for tid, scorer in self.clean.items()}
+        self.counted = sum(int(c.sum()) for c in self.correct if c is not None)
+
+    def _score(self, loader: Iterable[Mapping[str, Tensor]], models: Mapping[str, nn.Module]
+               ) -> None:
         for batch in loader:
             if not self.clean:
                 self.clean = {tid: Scorer(m, eval_tasks(m, to_device(batch, device_of(m)), None))
@@ -107,10 +112,6 @@ class TargetReference:
                     ok = correct_mask(preds, batch)
                     correct = ok if correct is None else correct & ok
             self.correct.append(correct)
-        if not self.clean:
-            raise ValueError("loader: yielded no batch")
-        self.metrics = {tid: scorer.compute() for tid, scorer in self.clean.items()}
-        self.counted = sum(int(c.sum()) for c in self.correct if c is not None)
 
 
 def correct_mask(preds: Mapping[str, Tensor], batch: Mapping[str, Any]) -> Tensor:

@@ -9,8 +9,8 @@ that the model is still held in eval mode and pay nothing else.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 
 from torch import nn
 
@@ -35,3 +35,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         _HELD.discard(model)
         for module, mode in modes:
             module.training = mode
+
+
+@contextmanager
+def held_eval(models: Iterable[nn.Module]) -> Iterator[None]:
+    """`eval_mode` for several models at once: an evaluation pass over a surrogate and its
+    targets saves and restores their modes once, not per batch or per attack."""
+    with ExitStack() as stack:
+        for model in models:
+            stack.enter_context(eval_mode(model))
+        yield
