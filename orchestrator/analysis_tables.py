@@ -3,19 +3,23 @@
 `mtlsweep analyze` runs a few dozen queries. Run on lazy scans of the per-trial files, each
 query re-read every file (89 s and 4.8 GB at 10,000 trials, issue 12); here the footer pass
 (orchestrator/results_reading.py) runs once per table, the rows are read once with polars'
-streaming engine, and every query runs on the frames in memory (``Tables`` holds them as lazy
-frames over that memory, so queries stay lazy expressions without touching the files).
+streaming engine, and every query runs on the frames in memory. A sweep directory keeps a
+consolidated copy of what was read (orchestrator/analysis_copy.py): the next analysis of
+unchanged files reads three files instead of every trial's.
 
 Only the rows the analysis uses are kept, so a 10,000-trial sweep fits in memory: clean rows,
 success rates, mean Δ over tasks, and the per-task Δ of cross-task attacks (the matrix). The
 per-task metric rows of attacks (clean/adv of each metric, per-task Δ of white-box and transfer
-attacks: 85 % of the demo's rows) are not kept; ``read_results`` shows them.
+attacks: 85 % of the demo's rows) are not kept; ``read_results`` shows them. A trial's own
+columns (layout, adv_train, ρ, seed, ...: :data:`TRIAL_LEVEL` and the axes) are kept once per
+trial, not once per row, and joined to the rows by each query (``Tables`` holds lazy frames
+over that memory).
 
-Each trial also gets, from one small per-trial table: ``sharing`` and ``branch_point`` (from its
-layout), ``adversarial`` and ``regime``: the training regime a plot never averages across, made
-of adversarial training, ρ and every other trial setting the sweep varies (optimizer, training
-length, dataset, model, and any ``axes:`` column except seeds), e.g. ``AT dgba-fgsm-8 ρ=0.5``
-or ``standard optimizer=adam``.
+Each trial also gets: ``sharing`` and ``branch_point`` (from its layout), ``adversarial`` and
+``regime``: the training regime a plot never averages across, made of adversarial training, ρ
+and every other trial setting the sweep varies (optimizer, training length, dataset, model, and
+any ``axes:`` column except seeds), e.g. ``AT dgba-fgsm-8 ρ=0.5`` or ``standard optimizer=adam``;
+``base_regime`` is the same without ρ.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Callable, Iterable
 import polars as pl
 
 from mtl.models import Layout  # pure Python: no torch
+from orchestrator import analysis_copy
 from orchestrator.results_reading import ResultScan, Skipped, scan_results, warn_skipped
 
 TRIAL = ["sweep", "trial_id"]
@@ -33,7 +38,10 @@ NO_LAYOUT = "no layout"
 NOT_ADVERSARIAL = ("none", "", "false", "no", "standard")
 SETTINGS = ("optimizer", "train_epochs", "dataset", "model")
 """Trial-level columns that name a regime when the sweep varies them (beside AT and ρ)."""
-UNREAD = ("schema_version", "surrogate_id", "attack_options")
+TRIAL_LEVEL = ("attempt", "layout", "branch_point", "adv_train", "rho", "optimizer", "seed",
+               "train_epochs", "dataset", "model")
+"""Columns of a trial, not of a row: kept once per trial, joined to the rows by each query."""
+UNREAD = ("schema_version", "surrogate_id", "attack_options", "steps")
 """Measurement columns no query uses; not kept in memory."""
 CHUNK_FILES = 2000
 """Files read per streaming pass: the reader's buffers stay small (10,000 files read in one
@@ -102,8 +110,11 @@ def _read(scan: ResultScan, shape: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl
 
 
 def _latest_attempt(frame: pl.DataFrame) -> pl.DataFrame:
+    """Only each trial's latest attempt (one file per trial already holds one attempt, so the
+    frame is copied only when an old file mixes attempts)."""
     attempt = pl.col("attempt").fill_null(0)  # files older than the attempt column
-    return frame.filter(attempt == attempt.max().over(TRIAL))
+    latest = attempt == attempt.max().over(TRIAL)
+    return frame if frame.select(latest.all()).item() in (True, None) else frame.filter(latest)
 
 
 def _varied(trials: pl.DataFrame, names: Iterable[str]) -> list[str]:
@@ -112,54 +123,106 @@ def _varied(trials: pl.DataFrame, names: Iterable[str]) -> list[str]:
 
 
 def _trial_info(trials: pl.DataFrame, settings: list[str]) -> pl.DataFrame:
-    """Per trial: sharing, branch_point_of, adversarial, regime and base_regime (the regime
-    without ρ), one row per trial."""
+    """Per trial, in the order of ``trials``: sharing, branch_point_of, adversarial, regime and
+    base_regime (the regime without ρ)."""
     info = layout_info(trials["layout"].drop_nulls().unique().sort().to_list())
     at = pl.when(is_adversarial()).then(pl.lit("AT ") + pl.col("adv_train").fill_null("")) \
         .otherwise(pl.lit("standard"))
     rho = pl.lit(" ρ=") + pl.col("rho").round(4).cast(pl.String).str.strip_suffix(".0")
     rest = [pl.lit(f" {name}=") + pl.col(name).cast(pl.String).fill_null("–")
             for name in settings]
-    return (trials.join(info, on="layout", how="left")
+    return (trials.join(info, on="layout", how="left", maintain_order="left")
             .with_columns(pl.concat_str([pl.when(pl.col("rho") > 0).then(at + rho)
                                          .otherwise(at), *rest]).alias("regime"),
                           pl.concat_str([at, *rest]).alias("base_regime"),
                           is_adversarial().alias("adversarial"))
-            .select(*TRIAL, "sharing", "branch_point_of", "adversarial", "regime",
-                    "base_regime"))
+            .select("sharing", "branch_point_of", "adversarial", "regime", "base_regime"))
 
 
-def _enrich(frame: pl.DataFrame, info: pl.DataFrame) -> pl.DataFrame:
-    return (frame.join(info, on=TRIAL, how="left")
-            .with_columns(pl.coalesce("branch_point", "branch_point_of").alias("branch_point"))
-            .drop("branch_point_of"))
+def _trials(frames: Iterable[pl.DataFrame], level: list[str]) -> pl.DataFrame:
+    """One row per trial: its key, the trial-level columns and a row index ``_trial``."""
+    parts = [f.select(TRIAL + [c for c in level if c in f.columns]).unique(TRIAL)
+             for f in frames]
+    return (pl.concat(parts, how="diagonal_relaxed")
+            .unique(TRIAL, keep="first", maintain_order=True).with_row_index("_trial"))
+
+
+def _split(frame: pl.DataFrame, trials: pl.DataFrame, level: list[str]) -> pl.DataFrame:
+    """``frame``'s rows without the key and the trial-level columns (stored once per trial in
+    ``trials``), with the trial's ``_trial`` index; a column that varies within a trial (an
+    old file) stays with the rows."""
+    own = [c for c in level if c in frame.columns]
+    if frame.select(TRIAL + own).unique().height != frame.select(TRIAL).unique().height:
+        spread = frame.group_by(TRIAL).agg(pl.col(own).n_unique()).select(pl.col(own).max())
+        own = [c for c in own if spread[c][0] <= 1]
+    return (frame.lazy().join(trials.lazy().select(*TRIAL, "_trial"), on=TRIAL, how="left",
+                              maintain_order="left").drop(*TRIAL, *own).collect())
+
+
+def _view(rows: pl.DataFrame, trials: pl.DataFrame) -> pl.LazyFrame:
+    """The rows with their trial's columns: a lazy join each query runs on its own rows."""
+    right = trials.drop([c for c in trials.columns if c in rows.columns and c != "_trial"])
+    return (rows.lazy().join(right.lazy(), on="_trial", how="inner", maintain_order="left")
+            .drop("_trial"))
+
+
+def _read_all(results_dir: str | os.PathLike) -> analysis_copy.Copy:
+    """The analysed rows of the three tables, split into rows and trials (frames
+    ``measurements``, ``epochs``, ``timings`` and ``trials``): from the sweep's consolidated
+    copy when it is current (orchestrator/analysis_copy.py), else from the per-trial files
+    (then the copy is written for the next analysis)."""
+    key = analysis_copy.listing_key(results_dir)
+    copy = analysis_copy.load(results_dir, key) if key else None
+    if copy is not None:
+        return copy
+    scans = [scan_results(results_dir, t) for t in ("measurements", "epochs", "timings")]
+    axes = sorted({name for scan in scans for f in scan.files for name in f.axes})
+    skipped = tuple(s for scan in scans for s in scan.skipped)
+
+    def analysed(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return _with_kind(frame).filter(_analysed_rows()).drop(UNREAD, strict=False)
+
+    m, e, timings = (_latest_attempt(_read(scan, analysed if scan.table == "measurements"
+                                           else lambda f: f)) for scan in scans)
+    del scans
+    level = [c for c in (*TRIAL_LEVEL, *axes) if c in m.columns or c in e.columns]
+    trials = _trials((m, e), level)
+    m, e = _split(m, trials, level), _split(e, trials, level)
+    copy = analysis_copy.Copy({"measurements": m, "epochs": e, "timings": timings,
+                               "trials": trials}, skipped, tuple(axes))
+    if key:
+        analysis_copy.save(results_dir, key, copy)
+    return copy
+
+
+def consolidate(results_dir: str | os.PathLike) -> bool:
+    """Write a sweep directory's consolidated copy now (a sweep's last step), so its first
+    analysis reads three files; False when it is not a local, writable sweep directory."""
+    key = analysis_copy.listing_key(results_dir)
+    if key is None:
+        return False
+    _read_all(results_dir)
+    return analysis_copy.exists(results_dir, key)
 
 
 def load_tables(results_dir: str | os.PathLike, sweep: str | None = None) -> Tables:
     """Read the three tables under ``results_dir`` (optionally one ``sweep``) once, for
     analysis. Files that do not count are skipped, each named in a ResultsWarning and in
     ``skipped``."""
-    scans = [scan_results(results_dir, t) for t in ("measurements", "epochs", "timings")]
-    skipped = tuple(s for scan in scans for s in scan.skipped)
-    warn_skipped(skipped)
-    axes = sorted({name for scan in scans for f in scan.files for name in f.axes
-                   if name.rsplit(".", 1)[-1] not in ("seed", "seeds")})
-
-    def only(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return frame if sweep is None else frame.filter(pl.col("sweep") == sweep)
-
-    def analysed(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return _with_kind(only(frame)).filter(_analysed_rows()).drop(UNREAD, strict=False)
-
-    m, e, timings = (_latest_attempt(_read(scan, analysed if scan.table == "measurements"
-                                           else only)) for scan in scans)
+    copy = _read_all(results_dir)
+    warn_skipped(copy.skipped)
+    axes = [a for a in copy.axes if a.rsplit(".", 1)[-1] not in ("seed", "seeds")]
+    m, e, timings, trials = (copy.frames.pop(t) for t in ("measurements", "epochs",
+                                                          "timings", "trials"))
+    if sweep is not None:
+        trials, timings = (f.filter(pl.col("sweep") == sweep) for f in (trials, timings))
+        m, e = (f.filter(pl.col("_trial").is_in(trials["_trial"].to_list())) for f in (m, e))
     # a model without layouts (a user's own) has a null layout: one named group, not null keys
-    m, e = (f.with_columns(pl.col("layout").fill_null(NO_LAYOUT)) for f in (m, e))
-    level = [c for c in ("layout", "adv_train", "rho", *SETTINGS, *axes) if c in m.columns]
-    trials = pl.concat([m.select(TRIAL + level).unique(TRIAL),
-                        e.select(TRIAL + [c for c in level if c in e.columns]).unique(TRIAL)],
-                       how="diagonal_relaxed").unique(TRIAL, keep="first")
+    trials, m, e = (f.with_columns(pl.col("layout").fill_null(NO_LAYOUT))
+                    if "layout" in f.columns else f for f in (trials, m, e))
     settings = _varied(trials, [*SETTINGS, *axes])
-    info = _trial_info(trials, settings)
-    return Tables(_enrich(m, info).lazy(), _enrich(e, info).lazy(), timings.lazy(), skipped,
+    trials = (trials.with_columns(_trial_info(trials, settings)).with_columns(
+        pl.coalesce("branch_point", "branch_point_of").alias("branch_point"))
+        .drop("branch_point_of"))
+    return Tables(_view(m, trials), _view(e, trials), timings.lazy(), copy.skipped,
                   tuple(settings))

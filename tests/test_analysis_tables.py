@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from orchestrator import analysis_copy as C
 from orchestrator import analysis_tables as T
 from orchestrator import analyze as A
 from orchestrator.results import write_trial_table
@@ -85,3 +86,41 @@ def test_intervals_over_trials_by_hand() -> None:
     assert (got["one"]["v_lo"], got["one"]["v_hi"]) == (None, None)
     assert [got[g]["trials"] for g in ("one", "two", "three")] == [1, 2, 3]
     assert A.t95(1) == 12.706 and A.t95(30) == 2.042 and A.t95(120) == pytest.approx(1.98)
+
+
+def test_a_second_analysis_reads_the_consolidated_copy(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, {f"t{i}": (i, "sgd", -0.1 * (i + 1)) for i in range(3)})
+    (tmp_path / "s" / "results" / "measurements" / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.warns(UserWarning, match="junk.parquet: not a parquet file"):
+        cold = A.load_tables(tmp_path / "s")
+    assert len(list((tmp_path / "s" / C.COPY_DIR).iterdir())) == 1
+
+    def no_file_reads(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the per-trial files were read again")
+
+    monkeypatch.setattr(T, "scan_results", no_file_reads)
+    with pytest.warns(UserWarning, match="junk.parquet: not a parquet file"):
+        warm = A.load_tables(tmp_path / "s")  # the skipped file is still named
+    for name in ("measurements", "epochs", "timings"):
+        assert getattr(warm, name).collect().equals(getattr(cold, name).collect())
+    assert warm.skipped == cold.skipped and warm.settings == cold.settings
+
+
+def test_a_new_or_rewritten_trial_file_is_read_not_the_old_copy(tmp_path: Path) -> None:
+    write(tmp_path, {"t0": (0, "sgd", -0.1)})
+    assert T.consolidate(tmp_path / "s")
+    old = {p.name for p in (tmp_path / "s" / C.COPY_DIR).iterdir()}
+    write(tmp_path, {"t0": (0, "sgd", -0.3), "t1": (1, "sgd", -0.5)})  # retried t0, new t1
+    frame = A.delta_by_objective(A.load_tables(tmp_path / "s"))
+    assert frame["delta"].to_list() == pytest.approx([-0.4]) and frame["trials"][0] == 2
+    new = {p.name for p in (tmp_path / "s" / C.COPY_DIR).iterdir()}
+    assert len(new) == 1 and new != old  # the older listing's copy is removed
+
+
+def test_no_copy_outside_a_writable_local_sweep_directory(tmp_path: Path) -> None:
+    write(tmp_path, {"t0": (0, "sgd", -0.1)})
+    assert not T.consolidate(tmp_path)  # a storage root: one copy per sweep, not per root
+    (tmp_path / "s" / C.COPY_DIR).write_text("in the way")  # the copy cannot be written
+    assert not T.consolidate(tmp_path / "s")
+    assert A.delta_by_objective(A.load_tables(tmp_path / "s"))["trials"].to_list() == [1]
