@@ -73,10 +73,10 @@ def load(results_dir: str | os.PathLike, key: str) -> Copy | None:
         manifest = json.loads((where / MANIFEST).read_text(encoding="utf-8"))
         frames = {name: pl.read_parquet(where / f"{name}.parquet")
                   for name in manifest["frames"]}
-    except (OSError, ValueError, pl.exceptions.PolarsError):
-        return None
-    skipped = tuple(Skipped(path, reason) for path, reason in manifest["skipped"])
-    return Copy(frames, skipped, tuple(manifest["axes"]))
+        skipped = tuple(Skipped(path, reason) for path, reason in manifest["skipped"])
+        return Copy(frames, skipped, tuple(manifest["axes"]))
+    except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError):
+        return None  # unreadable or of another layout: read the per-trial files instead
 
 
 def save(results_dir: str | os.PathLike, key: str, copy: Copy) -> Path | None:

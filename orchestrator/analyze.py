@@ -208,7 +208,8 @@ def clean_metrics(t: Tables, by: list[str], intervals: bool = False) -> pl.DataF
 
 def cross_task_long(t: Tables, by: list[str] | None = None) -> pl.DataFrame:
     """Mean Δ on task j (``target_task``) under ``single:<i>`` (``source_task``), long form,
-    per ``regime`` of :func:`standard_trials` (the regime is a column, never averaged over)."""
+    per ``regime`` of :func:`standard_trials` (the regime is a column, never averaged over),
+    with ``trials`` and the interval ``delta_lo``/``delta_hi`` over trials."""
     by = by or []
     rows = final_epoch(_finite_delta(standard_trials(t.measurements), "cross_task")).filter(
         pl.col("objective").str.starts_with("single:") & (pl.col("task") != "mean")).collect()
@@ -220,22 +221,33 @@ def cross_task_long(t: Tables, by: list[str] | None = None) -> pl.DataFrame:
     method = (rows.group_by("attack_method").len()
               .sort(["len", "attack_method"], descending=[True, False])["attack_method"][0])
     keys = by + ["regime"] * ("regime" not in by) + ["source_task", "target_task"]
-    return (rows.filter(pl.col("attack_method") == method)
-            .with_columns(pl.col("objective").str.strip_prefix("single:").alias("source_task"),
-                          pl.col("task").alias("target_task"))
-            .group_by(keys).agg(pl.col("rel_change").mean().alias("delta"))
+    per = (rows.filter(pl.col("attack_method") == method)
+           .with_columns(pl.col("objective").str.strip_prefix("single:").alias("source_task"),
+                         pl.col("task").alias("target_task"))
+           .group_by(keys + [c for c in TRIAL if c not in keys])
+           .agg(pl.col("rel_change").mean().alias("delta")))
+    return (across_trials(per, keys, ["delta"])
             .with_columns(pl.lit(method).alias("attack_method"), pl.lit(eps).alias("eps"))
             .sort(keys))
 
 
 def cross_task_matrix(long: pl.DataFrame) -> pl.DataFrame:
     """The T×T matrix (rows: attacked task, columns: measured task) from :func:`cross_task_long`,
-    one block of rows per ``regime`` when the long frame has one."""
+    one block of rows per ``regime`` when the long frame has one; ``<task>_lo``/``_hi`` beside
+    each column when the long frame has intervals."""
     if long.is_empty():
         return long
     index = [c for c in ("regime", "source_task") if c in long.columns]
-    return long.pivot(on="target_task", index=index, values="delta", sort_columns=True,
-                      aggregate_function="mean").sort(index)
+    out = long.pivot(on="target_task", index=index, values="delta", sort_columns=True,
+                     aggregate_function="mean")
+    names = [c for c in out.columns if c not in index]
+    if "delta_lo" not in long.columns:
+        return out.sort(index)
+    for end in ("lo", "hi"):
+        side = long.pivot(on="target_task", index=index, values=f"delta_{end}",
+                          sort_columns=True, aggregate_function="mean")
+        out = out.join(side.rename({c: f"{c}_{end}" for c in names}), on=index, how="left")
+    return out.select(*index, *[f"{c}{e}" for c in names for e in ("", "_lo", "_hi")]).sort(index)
 
 
 def tradeoff(t: Tables) -> tuple[pl.DataFrame, Attack | None]:

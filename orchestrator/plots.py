@@ -1,13 +1,12 @@
 """PNG figures of the analysis frames (matplotlib, Agg canvas; no pyplot global state).
 
-Each ``<name>_figure`` function draws a frame of :mod:`orchestrator.analyze` as a Figure (tests
-inspect it); ``<name>`` writes it as one PNG and returns the path.
-Δ is plotted as stored: negative = the attack hurt. Rules every figure keeps (issue 13):
-every configuration is drawn (facets or separate lines) or the selection is written in the
-figure; ticks sit only at measured values (integers for epochs and branch points, a symlog
-axis for ρ so 0 and 0.05 stay apart); legends sit outside the axes; a value with several trials
-behind it carries its interval (``<v>_lo``/``<v>_hi``, rule :data:`analyze.INTERVAL_RULE`,
-stated in the caption); text is at least 9 pt in figures at most about 12 inches wide.
+``<name>_figure`` draws a frame of :mod:`orchestrator.analyze` (tests inspect the Figure);
+``<name>`` writes it as a PNG and returns the path. Δ is plotted as stored (negative = the
+attack hurt). Every figure (issue 13): draws every configuration (facets or lines) or writes
+its selection; ticks only at measured values (integers for epochs and branch points, symlog ρ
+so 0 and 0.05 stay apart); legends outside the axes; a value with several trials behind it
+carries its interval (``<v>_lo``/``<v>_hi``, :data:`analyze.INTERVAL_RULE`, named in the
+caption); text at least 9 pt in figures at most about 12 inches wide.
 """
 from __future__ import annotations
 
@@ -24,15 +23,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
-
 DPI = 110
 MOST_PANELS = 24
 MOST_TICKS = 12
+DODGE = 0.04
 STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
          "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 12,
          "lines.markersize": 5, "errorbar.capsize": 3}
-MARKERS = "osD^vP*Xph<>"
-LINESTYLES = ("-", "--", ":", "-.")
+MARKERS, LINESTYLES = "osD^vP*Xph<>", ("-", "--", ":", "-.")
 
 
 def _styled(draw: Callable[..., Figure]) -> Callable[..., Figure]:
@@ -63,10 +61,8 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _spread(items: list, most: int) -> list:
     """At most ``most`` items, evenly spaced, first and last kept."""
-    if len(items) <= most:
-        return items
-    step = (len(items) - 1) / (most - 1)
-    return [items[round(i * step)] for i in range(most)]
+    step = (len(items) - 1) / (most - 1) if len(items) > most else 1
+    return [items[round(i * step)] for i in range(min(most, len(items)))]
 
 
 def _ticks(ax: Axes, values: Sequence[float], label: Callable[[float], str] = "{:g}".format,
@@ -80,16 +76,29 @@ def _ticks(ax: Axes, values: Sequence[float], label: Callable[[float], str] = "{
 
 
 def _line(ax: Axes, rows: pl.DataFrame, x: str, y: str, shift: float = 0.0, **style: Any) -> Any:
-    """``y`` against ``x`` with its interval as error bars where ``<y>_lo``/``_hi`` exist."""
+    """``y`` against ``x`` with its interval as error bars where ``<y>_lo``/``_hi`` exist.
+    Several points at one x (layouts of equal sharing) are not joined by a line: they are
+    drawn as markers, spread over ``DODGE`` of the axis' x range so each stays visible."""
     rows = rows.filter(pl.col(y).is_not_null()).sort(x)
     xs = [v + shift for v in rows[x].to_list()]
+    if len(set(xs)) < len(xs):
+        span = DODGE * ((max(xs) - min(xs)) or 1.0)
+        seen = {v: xs.count(v) for v in set(xs)}
+        rank: dict[float, int] = {}
+        for i, v in enumerate(xs):
+            rank[v] = rank.get(v, -1) + 1
+            xs[i] = v + (rank[v] - (seen[v] - 1) / 2) * span / max(1, seen[v] - 1)
+        style = {**style, "linestyle": "none"}
     ys = rows[y].to_list()
-    if f"{y}_lo" in rows.columns:
-        lo = [v - a if a is not None else 0.0 for v, a in zip(ys, rows[f"{y}_lo"].to_list())]
-        hi = [b - v if b is not None else 0.0 for v, b in zip(ys, rows[f"{y}_hi"].to_list())]
-        if any(lo) or any(hi):
-            return ax.errorbar(xs, ys, yerr=[lo, hi], **style)
-    return ax.plot(xs, ys, **style)[0]
+    yerr = _yerr(ys, rows[f"{y}_lo"], rows[f"{y}_hi"]) if f"{y}_lo" in rows.columns else None
+    return ax.errorbar(xs, ys, yerr=yerr, **style) if yerr else ax.plot(xs, ys, **style)[0]
+
+
+def _yerr(ys: Sequence[float], los: Sequence, his: Sequence) -> list[list[float]] | None:
+    """Error-bar lengths below and above each value (0 without an interval); None if none."""
+    lo = [y - a if a is not None and y is not None else 0.0 for y, a in zip(ys, los)]
+    hi = [b - y if b is not None and y is not None else 0.0 for y, b in zip(ys, his)]
+    return [lo, hi] if any(lo) or any(hi) else None
 
 
 def bars_rule(trials: Sequence[int | None]) -> str:
@@ -161,10 +170,11 @@ def delta_vs_eps_figure(frame: pl.DataFrame, most: int = MOST_PANELS) -> Figure:
                     _line(ax, line, "eps", "delta", label=f"{objective} ({method})",
                           linestyle=LINESTYLES[m % 4], linewidth=2.4 if objective == "dgba"
                           else 1.3, **colours[objective])
-        where = f"layout {layout}" if k is None else f"branch point {k}"
-        share = "" if sharing is None else f", sharing {sharing:.2f}"
         n = rows["trials"].max()
-        ax.set_title(f"{regime}\n{where}{share}, n = {n} trial{'s' * (n != 1)}", fontsize=9)
+        share = "" if sharing is None else f"sharing {sharing:.2f}, "
+        where = (f"branch point {k}, {share}" if k is not None
+                 else f"layout {layout}\n{share}")  # a layout string gets a line of its own
+        ax.set_title(f"{regime}\n{where}n = {n} trial{'s' * (n != 1)}", fontsize=9)
         _ticks(ax, rows["eps"].to_list())
         if i >= len(shown) - cols:
             ax.set_xlabel("ε (1/255)")
@@ -214,9 +224,12 @@ def tradeoff_figure(frame: pl.DataFrame, x: str, attack_label: str) -> Figure:
             ax.tick_params(axis="x", labelrotation=45)
     _legend(fig, axes, "regime", regimes)
     fig.suptitle("Sharing trade-off: clean accuracy vs vulnerability")
+    keys = ["regime", x] if "regime" in frame.columns else [x]
+    spread = ("; layouts of equal sharing are spread sideways, not joined"
+              if frame.select(keys).is_duplicated().any() else "")
     fig.supxlabel(_caption(frame, "Trials without adversarial training and with ρ = 0 when the "
-                                  "sweep has them (the DGBA paper's setting); means over seeds"),
-                  fontsize=9)
+                                  "sweep has them (the DGBA paper's setting); means over seeds"
+                           + spread), fontsize=9)
     return fig
 
 
@@ -226,8 +239,12 @@ def cross_task_heatmaps_figure(matrices: list[tuple[str, pl.DataFrame]]) -> Figu
     with several regimes labels its rows ``regime: task``, with one it names it in the title."""
     fig, axes = _figure(len(matrices), cols=2, width=5.2, height=4.6)
     for ax, (title, matrix) in zip(axes, matrices):
-        targets = [c for c in matrix.columns if c not in ("source_task", "regime")]
+        targets = [c for c in matrix.columns if c not in ("source_task", "regime")
+                   and not c.endswith(("_lo", "_hi"))]
         values = matrix.select(targets).to_numpy().astype(float)
+        ranges = (None if f"{targets[0]}_lo" not in matrix.columns or len(targets) > 4 else
+                  [matrix.select(f"{c}_{end}" for c in targets).to_numpy().astype(float)
+                   for end in ("lo", "hi")])
         regimes = matrix["regime"].unique().to_list() if "regime" in matrix.columns else []
         rows = matrix["source_task"].to_list()
         if len(regimes) > 1:
@@ -242,13 +259,18 @@ def cross_task_heatmaps_figure(matrices: list[tuple[str, pl.DataFrame]]) -> Figu
             for j in range(values.shape[1]):
                 if values[i, j] == values[i, j]:
                     dark = abs(values[i, j]) > 0.6 * bound
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                    text = f"{values[i, j]:.2f}"
+                    if ranges is not None and ranges[0][i, j] == ranges[0][i, j]:
+                        text += f"\n[{ranges[0][i, j]:.2f}, {ranges[1][i, j]:.2f}]"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=9,
                             color="white" if dark else "black")
         ax.set_xlabel("measured task")
         ax.set_ylabel("attacked task (single:<task>)")
         ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8, label="Δ")
     fig.suptitle("Cross-task transfer (Δ on the measured task)")
+    fig.supxlabel("Each cell: mean over trials; in brackets (up to 4 tasks) its interval: "
+                  "95 % t-interval where n ≥ 3, min–max where n = 2", fontsize=9)
     return fig
 
 
@@ -293,24 +315,18 @@ def early_stopping_figure(frame: pl.DataFrame, attack_label: str) -> Figure:
 def transfer_vs_rho_figure(frame: pl.DataFrame, attack_label: str) -> Figure:
     """Transfer success, transfer Δ and λ_max against the SAM/RFN neighbourhood size ρ on a
     symlog axis (linear below the smallest ρ > 0, so 0 and 0.05 stay apart), one line per
-    training regime without ρ (``base_regime``, else adversarial or not)."""
+    training regime without ρ (``base_regime``)."""
     panels = [(c, label) for c, label in (("success_rate", "transfer success rate"),
                                           ("transfer_delta", "transfer Δ"),
                                           ("lambda_max", "surrogate Hessian λ_max"))
               if c in frame.columns and frame[c].drop_nulls().len() > 0]
-    if "base_regime" in frame.columns:
-        group = pl.col("base_regime")
-    else:
-        group = pl.when(pl.col("adversarial")).then(pl.lit("adversarially trained")).otherwise(
-            pl.lit("standard"))
-    frame = frame.with_columns(group.alias("_line"))
-    lines = frame["_line"].unique().sort().to_list()
+    lines = frame["base_regime"].unique().sort().to_list()
     styles = _styles(lines)
     fig, axes = _figure(max(1, len(panels)), cols=3, width=3.9, height=3.2, extra_width=2.8)
     positive = frame.filter(pl.col("rho") > 0)["rho"]
     for ax, (column, label) in zip(axes, panels):
         for line in lines:
-            _line(ax, frame.filter(pl.col("_line") == line), "rho", column, label=line,
+            _line(ax, frame.filter(pl.col("base_regime") == line), "rho", column, label=line,
                   **styles[line])
         if positive.len():
             ax.set_xscale("symlog", linthresh=float(positive.min()), linscale=0.6)
@@ -337,22 +353,18 @@ def clean_vs_adversarial_figure(frame: pl.DataFrame) -> Figure:
     for i, row in enumerate(frame.iter_rows(named=True)):
         xs = [j + i * width for j in range(len(cols))]
         ys = [row[c] if row[c] is not None else math.nan for c in cols]
-        lo = [y - row[f"{c}_lo"] if row.get(f"{c}_lo") is not None else 0.0
-              for y, c in zip(ys, cols)]
-        hi = [row[f"{c}_hi"] - y if row.get(f"{c}_hi") is not None else 0.0
-              for y, c in zip(ys, cols)]
-        ax.bar(xs, ys, width, yerr=[lo, hi] if any(lo) or any(hi) else None,
-               label=f"{row['training']} (n = {row['trials']})", color=f"C{i % 10}")
+        yerr = _yerr(ys, [row.get(f"{c}_lo") for c in cols], [row.get(f"{c}_hi") for c in cols])
+        ax.bar(xs, ys, width, yerr=yerr, label=f"{row['training']} (n = {row['trials']})",
+               color=f"C{i % 10}")
     ax.set_xticks([j + (frame.height - 1) * width / 2 for j in range(len(cols))], cols,
                   rotation=20, ha="right")
     ax.axhline(0, color="grey", linewidth=0.6)
     ax.set_ylabel("white-box Δ (lower = stronger attack)")
-    rho = frame["rho"].max() if "rho" in frame.columns else None
     _legend(fig, [ax], "training")
     fig.suptitle("Clean vs adversarially trained models")
-    fig.supxlabel(_caption(frame, "" if rho is None else
-                           f"Trials at ρ = {rho:g} only (SAM/RFN surrogates are in section 5); "
-                           "Δ at each objective family's largest ε"), fontsize=9)
+    fig.supxlabel(_caption(frame, f"Trials at ρ = {frame['rho'].max():g} only (SAM/RFN "
+                           "surrogates are in section 5); Δ at each objective family's largest "
+                           "ε"), fontsize=9)
     return fig
 
 

@@ -124,3 +124,11 @@ def test_no_copy_outside_a_writable_local_sweep_directory(tmp_path: Path) -> Non
     (tmp_path / "s" / C.COPY_DIR).write_text("in the way")  # the copy cannot be written
     assert not T.consolidate(tmp_path / "s")
     assert A.delta_by_objective(A.load_tables(tmp_path / "s"))["trials"].to_list() == [1]
+
+
+def test_an_unreadable_copy_is_ignored(tmp_path: Path) -> None:
+    write(tmp_path, {"t0": (0, "sgd", -0.1)})
+    assert T.consolidate(tmp_path / "s")
+    (copy,) = (tmp_path / "s" / C.COPY_DIR).iterdir()
+    (copy / C.MANIFEST).write_text('{"skipped": []}')  # e.g. written by another version
+    assert A.delta_by_objective(A.load_tables(tmp_path / "s"))["delta"].to_list() == [-0.1]

@@ -181,6 +181,7 @@ def test_cross_task_heatmap_names_its_regime(tables: A.Tables) -> None:
     assert ax.get_title() == "all layouts — standard"
     assert [t.get_text() for t in ax.get_yticklabels()] == sorted(TASKS)
     assert len(ax.texts) == len(TASKS) ** 2
+    assert all("\n[" in text.get_text() for text in ax.texts)  # each cell's interval (6 trials)
 
 
 def test_bars_rule_names_only_the_cases_present() -> None:
