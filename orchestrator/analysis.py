@@ -21,8 +21,9 @@ def analyze(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     (claims.parquet, claims.json; also at the top of report.md and in the result's ``claims``)
     to ``out_dir``.
 
-    ``results_dir`` is a sweep directory or a storage directory of several sweeps (then the
-    sweeps are analysed together unless ``sweep`` picks one). Result files that do not count
+    ``results_dir`` is a sweep directory, or a storage directory with ``sweep`` naming one of
+    its sweeps (without it their trials would be pooled; `mtlsweep analyze` never does that:
+    it calls this once per sweep). Result files that do not count
     (corrupt, foreign, duplicate) are skipped, each named in a ResultsWarning, in the report and
     in the result's ``skipped``. Raises FileNotFoundError when there are no measurements to
     analyse.
