@@ -41,7 +41,8 @@ def _with_channel(x: Tensor) -> Tensor:
     return x[:, None] if x.dim() == 3 else x
 
 
-def _check_dense(field: str, pred: Tensor, target: Tensor, channels: int | None) -> None:
+def check_dense(field: str, pred: Tensor, target: Tensor, channels: int | None) -> None:
+    """Dense maps: pred and target both [B,C,H,W] of equal shape (and C = ``channels``)."""
     if pred.dim() != 4 or pred.shape != target.shape:
         raise ValueError(f"{field}: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
                          "must both be [B,C,H,W] with equal shapes")
@@ -180,7 +181,7 @@ class NormalMetric(Metric):
         self._kept = 0
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
-        _check_dense("normal", pred, target, 3)
+        check_dense("normal", pred, target, 3)
         target = target.to(pred.device)
         t = target.double()
         valid = (t.norm(dim=1) > 1e-6) & torch.isfinite(t).all(dim=1)
@@ -247,7 +248,7 @@ class DepthMetric(Metric):
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         pred, target = _with_channel(pred), _with_channel(target)
-        _check_dense("depth_zbuffer", pred, target, 1)
+        check_dense("depth_zbuffer", pred, target, 1)
         p, t = pred[:, 0].double(), target[:, 0].to(pred.device).double()
         valid = broadcast_mask(mask, tuple(t.shape), pred.device, "depth_zbuffer_mask")
         valid &= torch.isfinite(t)
@@ -282,7 +283,7 @@ class L1Metric(Metric):
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         pred, target = _with_channel(pred), _with_channel(target)
-        _check_dense(self.task, pred, target, None)
+        check_dense(self.task, pred, target, None)
         t = target.to(pred.device).double()
         valid = broadcast_mask(mask, (t.shape[0], *t.shape[2:]), pred.device, f"{self.task}_mask")
         valid = valid[:, None].expand_as(t) & torch.isfinite(t)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtl.metrics import IGNORE_INDEX, broadcast_mask
+from mtl.metrics import IGNORE_INDEX, broadcast_mask, check_dense
 
 PixelLoss = Callable[..., tuple[Tensor, Tensor]]
 """(pred, target, mask=None) -> (per-pixel loss [B,...], valid [B,...] bool)."""
@@ -59,14 +59,6 @@ def summed(pixels: PixelLoss) -> LossSums:
     return loss_sums
 
 
-def _check_pair(task: str, pred: Tensor, target: Tensor, channels: int | None) -> None:
-    if pred.dim() != 4 or pred.shape != target.shape:
-        raise ValueError(f"{task}: pred {tuple(pred.shape)} and target {tuple(target.shape)} must "
-                         "both be [B,C,H,W] with equal shapes")
-    if channels is not None and pred.shape[1] != channels:
-        raise ValueError(f"{task}: expected {channels} channels, got {pred.shape[1]}")
-
-
 def segmentation_pixels(pred: Tensor, target: Tensor, mask: Tensor | None = None
                         ) -> tuple[Tensor, Tensor]:
     """Per-pixel cross-entropy [B,H,W]; valid where the label is not 255 and the mask True.
@@ -94,7 +86,7 @@ def segmentation_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) 
 def normal_pixels(pred: Tensor, target: Tensor, mask: Tensor | None = None
                   ) -> tuple[Tensor, Tensor]:
     """Per-pixel 1 - cos(normalise(pred), target) [B,H,W]; valid on non-zero, finite targets."""
-    _check_pair("normal", pred, target, 3)
+    check_dense("normal", pred, target, 3)
     valid = (target.abs().sum(dim=1) > 0) & torch.isfinite(target).all(dim=1) & broadcast_mask(
         mask, (target.shape[0], *target.shape[2:]), pred.device, "normal_mask")
     target = torch.where(valid[:, None], target.to(pred.dtype), 0.0)  # no NaN into gradients
@@ -111,7 +103,7 @@ def l1_pixels(task: str) -> PixelLoss:
     """The per-pixel L1 of a one-channel task [B,H,W]; valid where its mask is True."""
     def pixels(pred: Tensor, target: Tensor, mask: Tensor | None = None
                ) -> tuple[Tensor, Tensor]:
-        _check_pair(task, pred, target, 1)
+        check_dense(task, pred, target, 1)
         valid = broadcast_mask(mask, (target.shape[0], *target.shape[2:]), pred.device,
                                f"{task}_mask")
         safe = torch.where(valid[:, None], target.to(pred.dtype), 0.0)  # no NaN into gradients

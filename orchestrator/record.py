@@ -28,7 +28,6 @@ SPEC_FILE = "sweep.json"
 SPEC_FORMAT = 3
 TRIALS_DIR = "trials"
 STATUSES = ("finished", "failed", "pruned")
-DONE = ("finished", "pruned")  # a trial in these states is not run again
 _MAX_JSON = 16 * 1024 * 1024   # a record file larger than this is not ours
 
 
@@ -183,33 +182,18 @@ def set_status(exp_dir: str, trial_id: str, status: str, reason: str = "",
                {"status": status, "reason": reason[:2000], "traceback": traceback[-20000:]})
 
 
-def clear_status(exp_dir: str, trial_id: str) -> None:
-    fs, inner = filesystem(_join(trial_dir(exp_dir, trial_id), "status.json"))
-    if fs.get_file_info(inner).type == pafs.FileType.File:
-        fs.delete_file(inner)
-
-
 def statuses(exp_dir: str) -> dict[str, dict]:
     """trial_id -> its status record, for every trial with a readable status file (a
     damaged one counts as no status: the trial runs again)."""
-    fs, root = filesystem(_join(exp_dir, TRIALS_DIR))
-    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     out = {}
-    for entry in found:
-        if entry.type != pafs.FileType.Directory:
-            continue
+    for trial_id in trial_ids(exp_dir):
         try:
-            status = read_json(_join(trial_dir(exp_dir, entry.base_name), "status.json"))
+            status = read_json(_join(trial_dir(exp_dir, trial_id), "status.json"))
         except RecordError:
             continue
         if isinstance(status, dict) and status.get("status") in STATUSES:
-            out[entry.base_name] = status
+            out[trial_id] = status
     return out
-
-
-def done_trials(exp_dir: str) -> set[str]:
-    """Trials that finished (or were pruned): a rerun or resume skips them."""
-    return {t for t, s in statuses(exp_dir).items() if s["status"] in DONE}
 
 
 def trial_ids(exp_dir: str) -> Iterator[str]:
