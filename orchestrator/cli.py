@@ -10,9 +10,13 @@ from pathlib import Path
 
 from orchestrator.exits import SweepBusyError, SweepInterrupted, is_disk_full
 
-# Each module exposes add_parser(subparsers), which registers one or more sub-commands and
-# sets `func(args) -> int | None` on them.
-COMMANDS = ("layouts", "train", "attack", "run", "analyze", "demo", "submit")
+# Sub-command -> its module in orchestrator/commands/. Each module exposes
+# add_parser(subparsers), which registers its sub-commands and sets `func(args) -> int | None`
+# on them. Only the module of the command being run is imported (so `mtlsweep analyze` never
+# imports torch or Ray); `--help`, no command or an unknown one import them all.
+COMMANDS = {"layouts": "layouts", "train": "train", "attack": "attack", "run": "run",
+            "resume": "run", "analyze": "analyze", "demo": "demo", "submit": "submit",
+            "status": "submit", "logs": "submit"}
 
 
 def package_version() -> str:
@@ -27,14 +31,24 @@ def package_version() -> str:
             return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: list[str] | None) -> list[str]:
+    """The command modules to import for `argv`: the named command's only, else all."""
+    words = sys.argv[1:] if argv is None else argv
+    command = next((w for w in words if not w.startswith("-")), None)
+    if command in COMMANDS:
+        return [COMMANDS[command]]
+    return list(dict.fromkeys(COMMANDS.values()))
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv` (default: sys.argv[1:]): every command when `argv` names none."""
     parser = argparse.ArgumentParser(
         prog="mtlsweep",
         description="Sweeps of adversarial attacks (DGBA, ...) on multi-task models, run by Ray Tune.")
     parser.add_argument("--version", action="version", version=f"mtlsweep {package_version()}",
                         help="print mtlsweep's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in _modules_for(argv):
         try:
             module = importlib.import_module(f"orchestrator.commands.{name}")
         except ModuleNotFoundError as err:  # a command whose module is not written yet
@@ -48,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; exit status 0 done, 1 failed or refused, 2 bad input, 130 (128 +
     signal) interrupted, each with one line on stderr instead of a traceback."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         code = args.func(args)
     except (ValueError, FileNotFoundError) as err:

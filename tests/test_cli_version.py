@@ -41,3 +41,26 @@ def test_version_from_the_console_script() -> None:
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip().startswith("mtlsweep ")
     assert done.stdout.split()[1] == importlib.metadata.version("mtlsweep")
+
+
+def test_help_lists_every_command_and_each_command_parses_alone(capsys) -> None:
+    """`mtlsweep --help` imports every command module; a named command imports only its own."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for command in cli.COMMANDS:
+        assert command in out
+    for command in cli.COMMANDS:
+        with pytest.raises(SystemExit) as stop:
+            cli.build_parser([command, "--help"]).parse_args([command, "--help"])
+        assert stop.value.code == 0
+        assert f"usage: mtlsweep {command}" in capsys.readouterr().out
+
+
+def test_unknown_command_names_the_allowed_ones(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["analyse", "x"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'analyse'" in err and "analyze" in err and "resume" in err

@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.fs as pafs
 
+from orchestrator import claims_table
 from orchestrator.results_paths import is_uri, resolve
 from orchestrator.results_reading import ResultsWarning
 
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             done.append(f"  {target.name}: not analysed ({err})")
             continue
         print_summary(result.summary)
+        print(claims_table.summary(result.claims))
         for key, why in result.missing.items():
             print(f"  {key}: {why}")
         if result.skipped:
