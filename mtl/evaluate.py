@@ -123,9 +123,12 @@ def _validated(specs: Sequence[AttackSpec], tasks: Sequence[str]) -> list[Attack
     return specs
 
 
-def _craft(model: nn.Module, batch: Mapping[str, Any], spec: AttackSpec) -> Tensor:
+def _craft(model: nn.Module, batch: Mapping[str, Any], spec: AttackSpec,
+           clean_outputs: Mapping[str, Tensor] | None = None) -> Tensor:
+    """The spec's adversarial batch; `clean_outputs`: the model's outputs on the clean batch
+    (spares the relative-change objectives their own clean forward, same numbers)."""
     return attack(model, batch, method=spec.method, objective=spec.objective, eps=spec.eps,
-                  steps=spec.steps, **dict(spec.options))
+                  steps=spec.steps, clean_outputs=clean_outputs, **dict(spec.options))
 
 
 def _with_clean_losses(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
@@ -176,7 +179,11 @@ def evaluate_checkpoint(model: nn.Module, loader: Iterable[Mapping[str, Tensor]]
     Rows equal `clean_rows`, `evaluate_attacks`, `evaluate_attacks(cross)` and
     `evaluate_transfer` run one by one after the same seed. `targets`: a `TargetReference`
     (reuse it across checkpoints) or models; `whitebox=False` skips scoring `model`; `craft`
-    replaces `_craft` (e.g. the precision options' wrapper)."""
+    replaces `_craft` (e.g. the precision options' wrapper) and is called as
+    `craft(model, batch, spec, clean_outputs=...)` with the model's outputs from the batch's
+    clean forward (None when that forward did not run), which the attacks may use in place of
+    their own clean forward; a wrapper that changes the crafting forward (autocast, memory
+    format, compiling) must not pass them on."""
     model = task_model(model, tasks)
     specs, cross = _validated(specs, model.tasks), _validated(cross, model.tasks)
     if targets is not None and not isinstance(targets, TargetReference):
@@ -210,15 +217,16 @@ def evaluate_checkpoint(model: nn.Module, loader: Iterable[Mapping[str, Tensor]]
                     raise ValueError("targets: the TargetReference saw fewer batches than loader")
                 moved = {tid: to_device(batch, device_of(s.model))
                          for tid, s in targets.clean.items()}
+            outputs = None  # the clean forward's outputs, shared with every spec's crafting
             if whitebox or cross:
                 with clock("clean"):
-                    clean.update(batch["image"], batch)
+                    outputs = clean.update(batch["image"], batch)
             reusable: dict[int, Tensor] = {}
             with main:
                 for s, spec in enumerate(crafted):
                     before = rng_state()
                     with clock("whitebox"):
-                        adv = craft(model, batch, spec)
+                        adv = craft(model, batch, spec, clean_outputs=outputs)
                         if whitebox:
                             advs[s].update(adv, batch)
                     if all(torch.equal(a, b) for a, b in zip(before, rng_state())):
@@ -238,7 +246,7 @@ def evaluate_checkpoint(model: nn.Module, loader: Iterable[Mapping[str, Tensor]]
                         adv = reusable.get(shared.get(c, -1))
                         if adv is None:
                             adv = craft(model, batch, own_crafted[spec] if spec in own_crafted
-                                        else crafted[shared[c]])
+                                        else crafted[shared[c]], clean_outputs=outputs)
                         cross_advs[c].update(adv, batch)
             n_batches += 1
             progress_line(progress, "evaluate", i)

@@ -147,7 +147,8 @@ def test_rows_equal_the_per_phase_passes_on_a_fixed_seed(noisy_method, cross_met
              AttackSpec("apgd", "dgba", 8, 3, {"variant": "official"}),
              AttackSpec("pgd", "single:segment_semantic", 8, 2),  # = a pgd cross spec
              AttackSpec(noisy_method, "single:depth_zbuffer", 8, 2),  # = a noisy cross spec
-             AttackSpec(noisy_method, "signsum", 8, 2)]
+             AttackSpec(noisy_method, "signsum", 8, 2),
+             AttackSpec("apgd", "minmax", 8, 2, {"solver": "fast"})]
     method = "pgd" if cross_method == "pgd" else noisy_method
     cross = cross_task_specs(TASKS, method, 8, 2)
     want = old_way(model, targets, loader, specs, cross)
@@ -169,7 +170,8 @@ def test_each_spec_is_crafted_once_per_batch(monkeypatch):
     model, targets, loader = setting(1)
     calls = []
     real = evaluate._craft
-    monkeypatch.setattr(evaluate, "_craft", lambda m, b, s: calls.append(s) or real(m, b, s))
+    monkeypatch.setattr(evaluate, "_craft",
+                        lambda m, b, s, **kw: calls.append(s) or real(m, b, s, **kw))
     specs = [AttackSpec("pgd", "dgba", 8, 2), AttackSpec("fgsm", "total", 4, 1),
              AttackSpec("fgsm", "single:normal", 8, 1)]
     cross = cross_task_specs(TASKS, "fgsm", 8, 1)  # single:normal coincides: crafted once

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from mtl.attacks.context import AttackContext
-from mtl.attacks.inputs import attacked_tasks, check_batch, declared_tasks, model_device
+from mtl.attacks.inputs import (attacked_tasks, check_batch, check_clean_outputs, declared_tasks,
+                                model_device)
 from mtl.attacks.modes import eval_mode
 from mtl.attacks.registry import get_method, get_objective, validate_attack
 
@@ -41,9 +42,16 @@ class Attack:
         fields += [f"{k}={v!r}" for k, v in self.options.items()]
         return f"Attack({type(self.model).__name__}, {', '.join(fields)})"
 
-    def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
+    def __call__(self, batch: Mapping[str, Tensor],
+                 clean_outputs: Mapping[str, Tensor] | None = None) -> Tensor:
         """Adversarial images for `batch["image"]` (same shape, dtype and device, in [0, 1],
         within eps/255 in L-inf).
+
+        `clean_outputs` (optional): task -> the model's output on the clean batch (no grad, eval
+        mode, e.g. kept from an evaluation's clean forward); the relative-change objectives
+        (DGBA, SignSum, MINMAX) then take their clean losses from it instead of running their
+        own clean forward, with the same result when it is the same model's forward on these
+        images. It must hold every attacked task, one row per image.
 
         The model is put in eval mode for crafting and every module's mode is restored after
         (saved once when the call runs inside `with eval_mode(model):`, see modes.py);
@@ -52,6 +60,8 @@ class Attack:
         check_batch(batch)
         tasks = attacked_tasks(self.model, batch, self.objective, self.tasks)
         image = batch["image"]
+        if clean_outputs is not None:
+            check_clean_outputs(clean_outputs, tasks, int(image.shape[0]))
         device = model_device(self.model, image.device)
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
         objective, method_cls = get_objective(self.objective), get_method(self.method)
@@ -62,7 +72,8 @@ class Attack:
         with eval_mode(self.model), torch.enable_grad():  # free inside an outer eval_mode
             ctx = AttackContext(self.model, moved, tasks, moved["image"].detach(), eps,
                                 {**objective.defaults, **obj_options})
-            if objective.needs_clean:
-                ctx.prepare()  # one clean forward for the relative-change objectives
+            if objective.needs_clean:  # the relative-change objectives: clean losses once
+                ctx.prepare(None if clean_outputs is None
+                            else {t: clean_outputs[t].to(device) for t in tasks})
             adv = runner(ctx)
         return adv.to(device=image.device, dtype=image.dtype)

@@ -47,11 +47,17 @@ class AttackContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     clean_losses: Tensor | None = None
 
-    def prepare(self) -> "AttackContext":
-        """Compute the clean losses once (no graph)."""
+    def prepare(self, clean_outputs: Mapping[str, Tensor] | None = None) -> "AttackContext":
+        """Compute the clean losses once (no graph): from `clean_outputs` (task -> the model's
+        output on `x0`, e.g. kept from an evaluation's clean forward) when given, else from a
+        forward of the model (the same numbers when they come from the same forward;
+        `inputs.check_clean_outputs` checks their tasks and batch size)."""
         with torch.no_grad():
-            self.clean_losses = forward_losses(self.model, self.x0, self.batch,
-                                               self.tasks).clamp_min(LOSS_FLOOR)
+            if clean_outputs is None:
+                losses = forward_losses(self.model, self.x0, self.batch, self.tasks)
+            else:
+                losses = output_losses(clean_outputs, self.batch, self.tasks)
+            self.clean_losses = losses.clamp_min(LOSS_FLOOR)
         return self
 
     @cached_property
@@ -74,7 +80,15 @@ def forward_losses(model: nn.Module, x: Tensor, batch: Mapping[str, Tensor],
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: unknown value {reduction!r}; allowed: {list(REDUCTIONS)}")
     tasks = tuple(tasks)
-    out = task_outputs(model, x, tasks)
+    return output_losses(task_outputs(model, x, tasks), batch, tasks, reduction)
+
+
+def output_losses(out: Mapping[str, Tensor], batch: Mapping[str, Tensor],
+                  tasks: Sequence[str], reduction: str = "sample") -> Tensor:
+    """Losses [T, B] of `tasks` from the model's outputs `out` (task -> tensor), reduced as in
+    `forward_losses` (which is this after one forward)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: unknown value {reduction!r}; allowed: {list(REDUCTIONS)}")
     if reduction == "sample":
         return torch.stack([task_loss(t, out[t], batch) for t in tasks])
     sums, counts = zip(*(task_loss_sums(t, out[t], batch) for t in tasks))

@@ -61,6 +61,27 @@ def check_batch(batch: Any) -> None:
                          f"(mean/std) belongs in the model's first layer: pass unnormalised images")
 
 
+def check_clean_outputs(clean_outputs: Any, tasks: Iterable[str], batch_size: int) -> None:
+    """Raise unless `clean_outputs` maps every attacked task to a tensor with one row per image
+    (the model's outputs on the clean batch, e.g. from an evaluation's clean forward)."""
+    if not isinstance(clean_outputs, Mapping):
+        raise ValueError(f"clean_outputs: must be a mapping task -> the model's output tensor on "
+                         f"the clean batch, got {type(clean_outputs).__name__}")
+    missing = [t for t in tasks if t not in clean_outputs]
+    if missing:
+        raise ValueError(f"clean_outputs: no output for attacked task(s) {missing}; got keys "
+                         f"{sorted(map(str, clean_outputs))}; pass the model's output of every "
+                         f"attacked task on the clean batch")
+    bad = {t: (tuple(clean_outputs[t].shape) if isinstance(clean_outputs[t], Tensor)
+               else type(clean_outputs[t]).__name__) for t in tasks
+           if not isinstance(clean_outputs[t], Tensor) or clean_outputs[t].dim() == 0
+           or clean_outputs[t].shape[0] != batch_size}
+    if bad:
+        raise ValueError(f"clean_outputs: need tensors with one row per image of the batch "
+                         f"({batch_size}), got {bad}; pass the outputs on this batch's clean "
+                         f"images")
+
+
 def attacked_tasks(model: nn.Module, batch: Mapping[str, Tensor], objective: str,
                    tasks: Iterable[str] | None = None) -> tuple[str, ...]:
     """Tasks an objective attacks on this batch: its one task for a per-task objective

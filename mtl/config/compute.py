@@ -79,15 +79,19 @@ class Compute:
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def crafter(self, craft: Callable[[nn.Module, Mapping[str, Any], Any], Tensor]
-                ) -> Callable[[nn.Module, Mapping[str, Any], Any], Tensor]:
-        """``craft(model, batch, spec)`` under these settings: images in the model's memory
-        format, forwards under autocast, the model compiled once per model object when asked
-        (falling back to eager with one warning line if compiling fails)."""
+    def crafter(self, craft: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``craft(model, batch, spec, clean_outputs=None)`` under these settings: images in the
+        model's memory format, forwards under autocast, the model compiled once per model object
+        when asked (falling back to eager with one warning line if compiling fails). The
+        evaluation's clean outputs are passed on only with the default settings: otherwise the
+        crafting forward differs from the scoring forward that made them, so the attack runs its
+        own clean forward (the numbers it had before they were shared)."""
         compiled: dict[int, nn.Module] = {}
         broken: list[str] = []
 
-        def run(model: nn.Module, batch: Mapping[str, Any], spec: Any) -> Tensor:
+        def run(model: nn.Module, batch: Mapping[str, Any], spec: Any,
+                clean_outputs: Mapping[str, Tensor] | None = None) -> Tensor:
+            shared = clean_outputs if self.is_default else None
             batch = {**batch, "image": self.images(batch["image"])}
             device = next(model.parameters()).device
             use = model
@@ -95,7 +99,7 @@ class Compute:
                 use = compiled.setdefault(id(model), _compiled(model))
             try:
                 with self.autocast_context(device):
-                    return craft(use, batch, spec).contiguous()
+                    return craft(use, batch, spec, clean_outputs=shared).contiguous()
             except Exception as err:  # noqa: BLE001  compile failed: eager from now on
                 if use is model:
                     raise
@@ -104,7 +108,7 @@ class Compute:
                       f"{str(err).splitlines()[0] if str(err) else ''}); crafting eagerly",
                       file=sys.stderr)
                 with self.autocast_context(device):
-                    return craft(model, batch, spec).contiguous()
+                    return craft(model, batch, spec, clean_outputs=shared).contiguous()
         return run
 
 
