@@ -9,6 +9,9 @@ does Ray start: the cluster is checked against one trial's request, and a fresh 
 trials still missing. The outcome comes from the record, so the exit code tells the truth:
 every trial finished, some failed (named, with their reasons) or the run was interrupted.
 `resume_sweep` needs only the directory: it re-validates ``sweep.json`` and runs the rest.
+A run that ran trials ends by writing the analysis's consolidated copy of the results
+(orchestrator/analysis_tables.consolidate; the per-trial files stay the record), so the first
+`mtlsweep analyze` of a 10,000-trial sweep reads three files instead of 30,000.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import os
 import signal
 import sys
 import threading
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,8 +30,9 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from orchestrator import record
+from orchestrator.analysis_tables import consolidate
 from orchestrator.record import RecordError
-from orchestrator.results_reading import scan_results
+from orchestrator.results_reading import ResultsWarning, scan_results
 from orchestrator.spec import DEFAULT_STORAGE, SpecError, SweepSpec, parse_spec
 from orchestrator.exits import StopRequest, SweepInterrupted
 from orchestrator.fs import filesystem
@@ -90,6 +96,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, address: str | Non
             run = {"storage": storage, "store_dir": store_dir, "exp_dir": exp_dir}
             grid = _fit(spec, exp_dir, address, run, points, todo, len(done))
             _mark_pruned(spec, exp_dir, grid)
+            _consolidate(exp_dir)
         else:
             grid = []
         return _outcome(spec, exp_dir, total, len(done), grid)
@@ -296,6 +303,24 @@ def _mark_pruned(spec: SweepSpec, exp_dir: str, grid: Any) -> None:
         if result.error is None and trial_id not in states and \
                 not (result.metrics or {}).get("evaluated"):
             record.set_status(exp_dir, trial_id, "pruned", "stopped early by ASHA")
+
+
+def _consolidate(exp_dir: str) -> None:
+    """Write the analysis's copy of the results now (best effort: a failure only costs the
+    first analysis a full read, so it is one warning line, never a failed sweep)."""
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():  # skipped files are named by the analysis itself
+            warnings.simplefilter("ignore", ResultsWarning)
+            written = consolidate(exp_dir)
+    except Exception as err:  # noqa: BLE001 - derived data; the per-trial files are the record
+        print(f"mtlsweep: warning: the results' consolidated copy was not written "
+              f"({type(err).__name__}: {err}); mtlsweep analyze will read every trial's files",
+              file=sys.stderr, flush=True)
+        return
+    if written:
+        print(f"mtlsweep: results consolidated for analysis in "
+              f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 def _outcome(spec: SweepSpec, exp_dir: str, total: int, skipped: int, grid: Any

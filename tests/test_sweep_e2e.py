@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from mtl.tasks import get_task
+from orchestrator import analysis_copy
+from orchestrator.analysis_tables import load_tables
 from orchestrator.cli import main
 from orchestrator.results import read_results
 from orchestrator.spec import load_spec, parse_spec
@@ -136,6 +138,10 @@ def test_random_search_over_rho_reports_the_best(local_ray, tmp_path, monkeypatc
     assert (outcome.trials, outcome.errored) == (2, 0)
     assert outcome.experiment_dir == str(tmp_path / "runs" / "search")
     assert len(list((tmp_path / "runs" / "search" / "results" / "measurements").iterdir())) == 2
+    # the sweep's last step wrote the analysis's copy of exactly these files (no analysis ran)
+    key = analysis_copy.listing_key(outcome.experiment_dir)
+    assert analysis_copy.exists(outcome.experiment_dir, key)
+    assert load_tables(outcome.experiment_dir).measurements.collect()["trial_id"].n_unique() == 2
     frame = read_results(outcome.experiment_dir).collect()
     rhos = sorted(set(frame["rho"]))
     assert len(rhos) == 2 and all(0.01 <= r <= 1.0 for r in rhos)
@@ -173,3 +179,16 @@ def test_optuna_search_over_a_dotted_path_with_asha_on_a_val_metric(local_ray, t
     assert 1 <= len(lrs) <= 2 and all(len(v) == 1 and 0.001 <= v[0] <= 0.1 for v in lrs)
     assert set(frame["model.width"]) == {4} and frame.schema["model.width"] == pl.Int64
     assert outcome.best["config"]["training.lr"] in {v[0] for v in lrs}
+
+
+def test_a_failed_consolidation_is_one_warning_not_a_failed_sweep(monkeypatch, capsys):
+    import orchestrator.sweep as sweep
+
+    def full_disk(exp_dir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sweep, "consolidate", full_disk)
+    sweep._consolidate("/nowhere")  # returns: the per-trial files stay the record
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "consolidated copy was not written" in err[0]
+    assert "No space left" in err[0] and "will read every trial's files" in err[0]
