@@ -3,17 +3,21 @@
 Writes synthetic sweeps of 12, 1,000 and 10,000 trials (one file per trial per table, as the
 result sink writes them: same schema, same parquet metadata keys) whose files hold the demo's
 row counts per trial (``sweeps/demo.yaml``: 1,152 measurement rows: clean 16, white-box 336,
-cross-task 72, transfer 728; 56 epoch rows; 9 timing rows), then runs ``mtlsweep analyze`` on
-each in its own subprocess, twice: **cold** (no consolidated copy: the footer pass and a read of
-every per-trial file) and **warm** (the second analysis reads the copy the first one wrote,
-orchestrator/analysis_copy.py; a sweep that calls ``analysis_tables.consolidate`` at its end
-makes its first analysis warm). It reports the wall time, the time of its phases and the peak
-resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of that subprocess). Goal: the
-10,000-trial sweep within 20 s and 2 GB. The 1-minute load average is recorded (shared machine).
+cross-task 72, transfer 728; 56 epoch rows; 9 timing rows). Then, per size, each step in its
+own subprocess:
 
-The subprocess runs the ``analyze`` command's own module (what ``mtlsweep analyze`` runs), not
-``orchestrator.cli``, which imports every command module at start-up (torch among them, about
-1-2 s more; ``torch_imported`` says whether the analysis itself pulled torch in).
+* **sweep_end**: ``analysis_tables.consolidate(sweep_dir)``, the last step of a sweep that ran
+  trials (orchestrator/sweep.py): the footer pass, a read of every per-trial file, and the
+  consolidated copy written (orchestrator/analysis_copy.py);
+* **after_sweep**: ``mtlsweep analyze`` of that sweep, as a user runs it when the sweep is done
+  (it reads the copy: three files). This is the goal's case: 10,000 trials within 20 s and 2 GB;
+* **cold**: ``mtlsweep analyze`` with no copy (e.g. only ``results/`` was copied elsewhere):
+  the footer pass, every per-trial file read, the copy written for the next analysis.
+
+Each reports the wall time and the peak resident memory (``resource.getrusage(RUSAGE_SELF)
+.ru_maxrss`` of that subprocess); the analyses also their import time and whether torch was
+imported (``mtlsweep analyze`` runs through ``orchestrator.cli``, which imports only the named
+command's module). The 1-minute load average is recorded (shared machine).
 
 The sweeps are cached under ``--cache`` (generating 10,000 trials writes 30,000 files, about a
 minute); a cached sweep is reused when its file count matches. The last line is one JSON object.
@@ -178,34 +182,48 @@ def generate(root: Path, trials: int, sweep: str = "scale") -> Path:
     return directory
 
 
-CHILD = """
-import argparse, json, resource, sys, time
+ANALYZE = """
+import json, resource, sys, time
 start = time.perf_counter()
-from orchestrator.commands import analyze as command  # the command alone: see the docstring
-parser = argparse.ArgumentParser()
-command.add_parser(parser.add_subparsers())
+from orchestrator.cli import main  # imports only the analyze command's module
 imported = time.perf_counter()
-args = parser.parse_args(["analyze", sys.argv[1], "--out", sys.argv[2]])
-code = args.func(args)
+code = main(["analyze", sys.argv[1], "--out", sys.argv[2]])
 done = time.perf_counter()
 print(json.dumps({"code": code, "import_s": imported - start, "analyze_s": done - imported,
                   "torch_imported": "torch" in sys.modules,
                   "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
+CONSOLIDATE = """
+import json, resource, sys, time
+start = time.perf_counter()
+from orchestrator.analysis_tables import consolidate
+imported = time.perf_counter()
+code = 0 if consolidate(sys.argv[1]) else 1
+done = time.perf_counter()
+print(json.dumps({"code": code, "import_s": imported - start, "analyze_s": done - imported,
+                  "torch_imported": "torch" in sys.modules,
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+STEPS = {"sweep_end": CONSOLIDATE, "after_sweep": ANALYZE, "cold": ANALYZE}
 
-def measure(sweep_dir: Path, out: Path) -> dict:
-    """``mtlsweep analyze`` in a fresh subprocess: wall time, phases, peak RSS."""
+
+def measure(step: str, sweep_dir: Path, out: Path) -> dict:
+    """One step (see the module docstring) in a fresh subprocess: wall time, peak RSS."""
+    if step in ("sweep_end", "cold"):
+        shutil.rmtree(sweep_dir / COPY_DIR, ignore_errors=True)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(sweep_dir), str(out)],
+    proc = subprocess.run([sys.executable, "-c", STEPS[step], str(sweep_dir), str(out)],
                           capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"analyze failed on {sweep_dir}:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{step} failed on {sweep_dir}:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["code"] != 0:
+        raise SystemExit(f"{step} exited {result['code']} on {sweep_dir}")
     return {"wall_s": round(wall, 2), "import_s": round(result["import_s"], 2),
-            "analyze_s": round(result["analyze_s"], 2),
+            "work_s": round(result["analyze_s"], 2),
             "peak_rss_mb": round(result["maxrss_mb"], 1),
             "torch_imported": result["torch_imported"]}
 
@@ -224,30 +242,33 @@ def main() -> None:
               flush=True)
     for size in args.sizes:
         sweep_dir = args.cache / f"trials_{size}" / "scale"
-        shutil.rmtree(sweep_dir / COPY_DIR, ignore_errors=True)
         row = {"trials": size, "files": 3 * size}
-        for mode in ("cold", "warm"):
+        for step in STEPS:
             with tempfile.TemporaryDirectory() as out:
                 load = os.getloadavg()[0]
-                result = measure(sweep_dir, Path(out))
-            row.update({f"{mode}_{k}": v for k, v in result.items()},
-                       **{f"{mode}_load_avg_1m": round(load, 2)})
-            print(f"analyzed {size} trials ({mode}): {result}, load {load:.2f}", flush=True)
+                result = measure(step, sweep_dir, Path(out))
+            row.update({f"{step}_{k}": v for k, v in result.items()},
+                       **{f"{step}_load_avg_1m": round(load, 2)})
+            print(f"{step} at {size} trials: {result}, load {load:.2f}", flush=True)
         rows.append(row)
     print()
-    head = ("trials", "files", "cold_wall_s", "cold_peak_rss_mb", "cold_load_avg_1m",
-            "warm_wall_s", "warm_peak_rss_mb", "warm_load_avg_1m")
-    print(" | ".join(f"{h:>16}" for h in head))
+    head = ("trials", "files", *(f"{step}_{k}" for step in STEPS
+                                 for k in ("wall_s", "peak_rss_mb", "load_avg_1m")))
+    print(" | ".join(f"{h:>14}" for h in ("trials", "files")) + " | " +
+          " | ".join(f"{step:>34}" for step in STEPS))
     for row in rows:
-        print(" | ".join(f"{row[h]:>16}" for h in head))
+        cells = [f"{row['trials']:>14}", f"{row['files']:>14}"]
+        cells += [f"{row[f'{s}_wall_s']:>9} s {row[f'{s}_peak_rss_mb']:>8} MB load "
+                  f"{row[f'{s}_load_avg_1m']:>4}" for s in STEPS]
+        print(" | ".join(cells))
     big = max(rows, key=lambda r: r["trials"])
-    print(json.dumps({"sizes": rows, "goal_s": GOAL_S, "goal_mb": GOAL_MB,
-                      "largest": big["trials"],
-                      "met_cold": big["cold_wall_s"] <= GOAL_S
-                      and big["cold_peak_rss_mb"] <= GOAL_MB,
-                      "met_warm": big["warm_wall_s"] <= GOAL_S
-                      and big["warm_peak_rss_mb"] <= GOAL_MB,
-                      "cpus": os.cpu_count()}))
+
+    def met(step: str) -> bool:
+        return big[f"{step}_wall_s"] <= GOAL_S and big[f"{step}_peak_rss_mb"] <= GOAL_MB
+
+    print(json.dumps({"sizes": rows, "columns": head, "goal_s": GOAL_S, "goal_mb": GOAL_MB,
+                      "largest": big["trials"], "met_after_sweep": met("after_sweep"),
+                      "met_cold": met("cold"), "cpus": os.cpu_count()}))
 
 
 if __name__ == "__main__":

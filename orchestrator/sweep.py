@@ -309,6 +309,7 @@ def _consolidate(exp_dir: str) -> None:
     """Write the analysis's copy of the results now (best effort: a failure only costs the
     first analysis a full read, so it is one warning line, never a failed sweep)."""
     start = time.perf_counter()
+    print("mtlsweep: consolidating the results for analysis ...", file=sys.stderr, flush=True)
     try:
         with warnings.catch_warnings():  # skipped files are named by the analysis itself
             warnings.simplefilter("ignore", ResultsWarning)
@@ -319,8 +320,8 @@ def _consolidate(exp_dir: str) -> None:
               file=sys.stderr, flush=True)
         return
     if written:
-        print(f"mtlsweep: results consolidated for analysis in "
-              f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        print(f"mtlsweep: results consolidated in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr, flush=True)
 
 
 def _outcome(spec: SweepSpec, exp_dir: str, total: int, skipped: int, grid: Any

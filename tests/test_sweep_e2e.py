@@ -190,5 +190,7 @@ def test_a_failed_consolidation_is_one_warning_not_a_failed_sweep(monkeypatch, c
     monkeypatch.setattr(sweep, "consolidate", full_disk)
     sweep._consolidate("/nowhere")  # returns: the per-trial files stay the record
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "consolidated copy was not written" in err[0]
+    assert len(err) == 2 and err[0].endswith("consolidating the results for analysis ...")
+    err = err[1:]
+    assert "consolidated copy was not written" in err[0]
     assert "No space left" in err[0] and "will read every trial's files" in err[0]
