@@ -131,3 +131,35 @@ def test_fast_dual_in_float32_reaches_the_float64_optimum(T):
     scale = 0.1 * G.abs().sum(-1).amax(-1)
     assert bool((exact >= opt - 1e-5 * scale).all())
     assert bool((exact - opt <= 1e-3 * scale).all()), ((exact - opt) / scale).tolist()
+
+
+def test_dropping_samples_that_stopped_keeps_the_whole_batch_result():
+    """`_descend` stops working on a sample once a round leaves its w unchanged; the result is
+    the one of running every sample through every round (the loop before the change)."""
+    from mtl.attacks.minmax_dual import LINE_KINKS, _descend, _model_minimiser, _warm_start
+    from mtl.attacks.minmax_dual import line_min
+
+    G, lo, hi = random_problem(3, 16, 5, 300, clipped=True)
+    G = G.float()
+    lo, hi = lo.float(), hi.float()
+    w, value, v = _warm_start(G, lo, hi, 10)
+    got_w, got_value = _descend(w, value, v, G, lo, hi, 50)
+    ones = torch.ones(G.shape[0])
+    gnorm = (G * G).sum(1).sqrt()
+    rounds = 0
+    for rounds in range(1, 51):
+        d = _model_minimiser(w, G, lo, hi, v, gnorm) - w
+        tau = line_min(v, torch.bmm(d.unsqueeze(1), G).squeeze(1), lo, hi, ones, LINE_KINKS)
+        w_new = (w + tau[:, None] * d).clamp_min(0.0)
+        w_new = w_new / w_new.sum(-1, keepdim=True)
+        new_value, new_v = dual_value(w_new, G, lo, hi)
+        better = new_value < value
+        progress = value - new_value > 16 * torch.finfo(G.dtype).eps * value.abs()
+        w = torch.where(better[:, None], w_new, w)
+        v = torch.where(better[:, None], new_v, v)
+        value = torch.where(better, new_value, value)
+        if not bool(progress.any()):
+            break
+    assert rounds > 2  # samples stopped at different rounds: some were dropped
+    torch.testing.assert_close(got_w, w, rtol=0, atol=0)
+    torch.testing.assert_close(got_value, value, rtol=0, atol=0)

@@ -13,12 +13,14 @@ warm start of a few Newton steps on a smoothed g (`_warm_start`, no kinks to wal
    bound b) that equals g near w;
 2. minimise g_A exactly: its minimum lies at a vertex, the intersection of T-1 of the kink or
    face hyperplanes {v_i = 0, i in A} u {w_t = 0} with the simplex: all C(m+T, T-1) vertices are
-   one batched linear solve;
+   one batched LU solve (LAPACK's batched LU beats hand-vectorised elimination on CPU);
 3. move from w towards that vertex with an exact line search on the full g (its breakpoints
    sorted, `line_min`), which never increases g and strictly decreases it unless w is optimal
    (g_A = g near w, so a direction that descends g_A descends g).
-Rounds stop when no sample's g decreases any more (at most `max_rounds`). T = 2 is one exact line
-search. With n <= m the model is g itself and one round is exact.
+Rounds stop when no sample's g decreases by more than round-off (at most `max_rounds`); a sample
+whose g did not decrease at all would only repeat its round, so it leaves the batch the later
+rounds work on (`_descend`). T = 2 is one exact line search. With n <= m the model is g itself
+and one round is exact.
 """
 from __future__ import annotations
 
@@ -46,10 +48,11 @@ def line_min(v: Tensor, d: Tensor, lo: Tensor, hi: Tensor, tmax: Tensor,
     """
     pos = (v > 0) | ((v == 0) & (d > 0))
     slope0 = (d * torch.where(pos, hi, lo)).sum(-1)
-    kink = -v / torch.where(d == 0, torch.ones_like(d), d)
-    valid = (d != 0) & (kink > 0)
-    kink = torch.where(valid, kink, torch.full_like(kink, float("inf")))
-    inc = torch.where(valid, d.abs() * (hi - lo), torch.zeros_like(d))
+    kink = -v / d  # +-inf or nan where d = 0
+    # only breakpoints ahead (tau > 0) count; the others sort last (at inf), where the walk
+    # ends anyway, so their slope increments need no masking
+    kink = torch.where(kink > 0, kink, torch.full_like(kink, float("inf")))
+    inc = d.abs() * (hi - lo)
     if nearest is None or nearest >= kink.shape[-1]:
         sorted_kinks, order = kink.sort(-1)
         last = tmax
@@ -74,27 +77,15 @@ def _vertex_choices(planes: int, T: int) -> Tensor:
 
 
 def batched_solve(A: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Solutions of many tiny systems A x = b (A [..., T, T], b [..., T]) by Gaussian elimination
-    with partial pivoting, vectorised over the batch (LAPACK's per-matrix cost dominates at
-    T <= 6). Returns (x, ok): ok is False where a pivot vanishes (singular to working precision)."""
-    T = A.shape[-1]
-    M = torch.cat([A, b.unsqueeze(-1)], -1)  # [..., T, T+1]
-    scale = A.abs().amax((-2, -1), keepdim=True).squeeze(-1).clamp_min(torch.finfo(A.dtype).tiny)
-    ok = torch.ones(A.shape[:-2], dtype=torch.bool, device=A.device)
-    rows = torch.arange(T, device=A.device)[:, None]  # [T, 1]
-    for k in range(T):
-        p = (M[..., k:, k].abs().argmax(-1) + k)[..., None, None]  # [..., 1, 1]
-        pivot_row = M.gather(-2, p.expand(*p.shape[:-1], T + 1))  # [..., 1, T+1]
-        row_k = M[..., k:k + 1, :]
-        M = torch.where(rows == k, pivot_row, torch.where(rows == p, row_k, M))
-        piv = pivot_row[..., 0, k]
-        ok = ok & (piv.abs() > 64 * torch.finfo(A.dtype).eps * scale.squeeze(-1))
-        factor = M[..., :, k:k + 1] / torch.where(piv == 0, torch.ones_like(piv), piv)[..., None, None]
-        factor = torch.where(rows == k, torch.zeros_like(factor), factor)
-        M = M - factor * pivot_row
-    diag = M.diagonal(dim1=-2, dim2=-1)
-    x = M[..., -1] / torch.where(diag == 0, torch.ones_like(diag), diag)
-    return x, ok
+    """Solutions of many tiny systems A x = b (A [..., T, T], b [..., T]) by one batched LU with
+    partial pivoting. Returns (x, ok): ok is False where a pivot vanishes (|pivot| at most
+    64 eps times the largest |A_ij|: singular to working precision)."""
+    LU, pivots, _ = torch.linalg.lu_factor_ex(A)
+    scale = A.abs().amax((-2, -1)).clamp_min(torch.finfo(A.dtype).tiny)
+    ok = (LU.diagonal(dim1=-2, dim2=-1).abs()
+          > 64 * torch.finfo(A.dtype).eps * scale[..., None]).all(-1)
+    x = torch.linalg.lu_solve(LU, pivots, b.unsqueeze(-1)).squeeze(-1)
+    return torch.where(ok[..., None], x, torch.zeros_like(x)), ok
 
 
 def model_size(T: int, n: int) -> int:
@@ -184,7 +175,8 @@ def solve_minmax_dual(G: Tensor, lo: Tensor, hi: Tensor, max_rounds: int = 50,
                       warm_steps: int = 10) -> tuple[Tensor, Tensor]:
     """min over the task simplex of g(w); returns (w [B, T], g(w) [B]), g(w) >= the LP optimum
     (weak duality) and equal to it at the exact solution. Bounds need lo <= hi. Works in G's
-    dtype; stops when a round lowers no sample's g (at most `max_rounds` rounds)."""
+    dtype; stops when a round lowers no sample's g by more than round-off (at most
+    `max_rounds` rounds, see `_descend`)."""
     B, T, n = G.shape
     if T == 1:
         w = torch.ones(B, 1, dtype=G.dtype, device=G.device)
@@ -195,7 +187,18 @@ def solve_minmax_dual(G: Tensor, lo: Tensor, hi: Tensor, max_rounds: int = 50,
         w = torch.stack([tau, 1.0 - tau], -1)
         return w, dual_value(w, G, lo, hi)[0]
     w, value, v = _warm_start(G, lo, hi, warm_steps)
-    ones = torch.ones(B, dtype=G.dtype, device=G.device)
+    return _descend(w, value, v, G, lo, hi, max_rounds)
+
+
+def _descend(w: Tensor, value: Tensor, v: Tensor, G: Tensor, lo: Tensor, hi: Tensor,
+             max_rounds: int) -> tuple[Tensor, Tensor]:
+    """Active-set rounds (steps 1-3 of the module doc) from w until no sample's g decreases by
+    more than round-off. A round that does not lower a sample's g leaves its w as it was, so the
+    next would repeat it: that sample leaves, and later rounds work on the others only (the same
+    result as running every sample, at the cost of the batch's stragglers)."""
+    w_out, value_out = w.clone(), value.clone()
+    idx = torch.arange(G.shape[0], device=G.device)  # the samples still descending
+    ones = torch.ones(G.shape[0], dtype=G.dtype, device=G.device)
     gnorm = (G * G).sum(1).sqrt().clamp_min(torch.finfo(G.dtype).tiny)
     for _ in range(max_rounds):
         target = _model_minimiser(w, G, lo, hi, v, gnorm)
@@ -207,8 +210,15 @@ def solve_minmax_dual(G: Tensor, lo: Tensor, hi: Tensor, max_rounds: int = 50,
         better = new_value < value
         progress = value - new_value > 16 * torch.finfo(G.dtype).eps * value.abs()
         w = torch.where(better[:, None], w_new, w)
-        v = torch.where(better[:, None], new_v, v)
         value = torch.where(better, new_value, value)
-        if not bool(progress.any()):  # one host sync per round: converged everywhere
+        w_out.index_copy_(0, idx, w)
+        value_out.index_copy_(0, idx, value)
+        moved, gained = torch.stack([better.sum(), progress.sum()]).tolist()  # one host sync
+        if gained == 0:
             break
-    return w, value
+        v = torch.where(better[:, None], new_v, v)
+        if moved < idx.shape[0]:  # a sample whose w stayed would repeat this round: drop it
+            keep = better.nonzero().squeeze(1)
+            idx, w, value, v, G, lo, hi, gnorm, ones = (
+                t.index_select(0, keep) for t in (idx, w, value, v, G, lo, hi, gnorm, ones))
+    return w_out, value_out
