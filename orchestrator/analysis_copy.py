@@ -1,30 +1,36 @@
 """A consolidated copy of a sweep's analysed rows, so a second analysis reads 3 files, not 30,000.
 
 Reading 10,000 trials' files costs a footer pass over every file and a read of every file
-(tens of seconds on 2 cores); the rows the analysis keeps fit in three parquet files of a few
-tens of MB. After a full read, the analysis writes them to
-``<sweep>/.analysis-tables/<key>/`` where ``key`` hashes the listing of the per-trial files
-(name, size and modification time of every candidate file of every table) with
-:data:`COPY_VERSION` and the results schema version. A later analysis lists the files again
-(milliseconds), and reads the copy only when a directory of that exact key exists: any added,
-removed, rewritten or retried trial file changes the key, so the copy is never stale, only
-missed. The per-trial files stay the record; the copy is derived data, rebuilt when missing,
-and written only for local sweep directories (best effort: a read-only sweep is analysed
-without it). The skipped files of the full read are kept with it, to be warned about again.
+(tens of seconds on 2 cores, far more on object storage); the rows the analysis keeps fit in
+three parquet files of a few tens of MB. After a full read (a sweep's last step, or an
+analysis), they are written to ``<sweep>/.analysis-tables/<key>/`` where ``key`` hashes the
+listing of the per-trial files (name, size and modification time of every candidate file of
+every table) with :data:`COPY_VERSION` and the results schema version. A later analysis lists
+the files again (milliseconds locally, one listing call per table on object storage), and reads
+the copy only when that exact key's manifest exists: any added, removed, rewritten or retried
+trial file changes the key, so the copy is never stale, only missed. The per-trial files stay
+the record; the copy is derived data, rebuilt when missing, written best effort (a read-only
+sweep is analysed without it). The skipped files of the full read are kept with it, to be
+warned about again.
+
+Local sweep directories and URIs (``s3://``, ``gs://``, ...) go through pyarrow's filesystems.
+Locally the copy is written into a hidden temporary directory renamed into place; object stores
+cannot rename a directory, so there the files go straight to ``<key>/`` and the manifest,
+written last, is what makes the copy count.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
+import posixpath
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
+import pyarrow.fs as pafs
 
-from orchestrator.results_paths import is_result_file, is_uri
+from orchestrator.results_paths import is_result_file, resolve
 from orchestrator.results_reading import Skipped
 from orchestrator.results_schema import SCHEMA_VERSION, TABLES
 
@@ -43,63 +49,97 @@ class Copy:
     axes: tuple[str, ...]
 
 
+def _where(results_dir: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path of the sweep directory inside it)."""
+    remote, root = resolve(results_dir)
+    return remote or pafs.LocalFileSystem(), root.rstrip("/") or "/"
+
+
+def _is_dir(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
 def listing_key(results_dir: str | os.PathLike) -> str | None:
-    """The key of the current per-trial files of a local sweep directory (one with
-    ``results/``); None for anything else (a storage root, a URI, a table directory)."""
-    if is_uri(results_dir) or not (Path(results_dir) / "results").is_dir():
+    """The key of the current per-trial files of a sweep directory (one with ``results/``);
+    None for anything else (a storage root, a table directory) or an unreadable location."""
+    try:
+        fs, root = _where(results_dir)
+        if not _is_dir(fs, f"{root}/results"):
+            return None
+        listing: dict[str, list] = {}
+        for table in TABLES:
+            found = fs.get_file_info(pafs.FileSelector(f"{root}/results/{table}",
+                                                       allow_not_found=True))
+            listing[table] = sorted((f.base_name, f.size, f.mtime_ns) for f in found
+                                    if f.type == pafs.FileType.File
+                                    and is_result_file(f.base_name))
+    except (OSError, ValueError):
         return None
-    listing: dict[str, list] = {}
-    for table in TABLES:
-        directory = Path(results_dir) / "results" / table
-        try:
-            entries = [e for e in os.scandir(directory) if is_result_file(e.name) and e.is_file()]
-        except FileNotFoundError:
-            entries = []
-        stats = [(e.name, e.stat()) for e in entries]
-        listing[table] = sorted((name, s.st_size, s.st_mtime_ns) for name, s in stats)
     text = json.dumps({"copy": COPY_VERSION, "schema": SCHEMA_VERSION, "files": listing})
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def exists(results_dir: str | os.PathLike, key: str) -> bool:
-    """Whether the copy of ``key`` was written completely."""
-    return (Path(results_dir) / COPY_DIR / key / MANIFEST).is_file()
+    """Whether the copy of ``key`` was written completely (its manifest is written last)."""
+    fs, root = _where(results_dir)
+    return fs.get_file_info(f"{root}/{COPY_DIR}/{key}/{MANIFEST}").type == pafs.FileType.File
 
 
 def load(results_dir: str | os.PathLike, key: str) -> Copy | None:
-    """The copy of ``key`` if one was written completely (its manifest is written last)."""
-    where = Path(results_dir) / COPY_DIR / key
+    """The copy of ``key`` if one was written completely; None when it is missing or cannot be
+    read (then the per-trial files are read instead)."""
     try:
-        manifest = json.loads((where / MANIFEST).read_text(encoding="utf-8"))
-        frames = {name: pl.read_parquet(where / f"{name}.parquet")
-                  for name in manifest["frames"]}
+        fs, root = _where(results_dir)
+        where = f"{root}/{COPY_DIR}/{key}"
+        with fs.open_input_stream(f"{where}/{MANIFEST}") as src:
+            manifest = json.loads(src.read().decode("utf-8"))
+        frames = {}
+        for name in manifest["frames"]:
+            with fs.open_input_file(f"{where}/{name}.parquet") as src:
+                frames[name] = pl.read_parquet(src)
         skipped = tuple(Skipped(path, reason) for path, reason in manifest["skipped"])
         return Copy(frames, skipped, tuple(manifest["axes"]))
     except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError):
         return None  # unreadable or of another layout: read the per-trial files instead
 
 
-def save(results_dir: str | os.PathLike, key: str, copy: Copy) -> Path | None:
-    """Write ``copy`` under ``key`` (into a temporary directory renamed into place) and remove
-    the copies of older listings; None when the sweep directory is not writable."""
-    root = Path(results_dir) / COPY_DIR
-    final = root / key
-    tmp = root / f".{key}.{uuid.uuid4().hex}"
+def _write(fs: pafs.FileSystem, where: str, copy: Copy) -> None:
+    """The frames, then the manifest (last: it marks the copy complete)."""
+    fs.create_dir(where, recursive=True)
+    for name, frame in copy.frames.items():
+        with fs.open_output_stream(f"{where}/{name}.parquet") as out:
+            frame.write_parquet(out)
+    manifest = json.dumps({"frames": list(copy.frames), "axes": list(copy.axes),
+                           "skipped": [[s.path, s.reason] for s in copy.skipped]})
+    with fs.open_output_stream(f"{where}/{MANIFEST}") as out:
+        out.write(manifest.encode("utf-8"))
+
+
+def save(results_dir: str | os.PathLike, key: str, copy: Copy) -> str | None:
+    """Write ``copy`` under ``key`` and remove the copies of older listings; the copy's path,
+    or None when it could not be written (e.g. a read-only sweep directory)."""
     try:
-        tmp.mkdir(parents=True)
-        for name, frame in copy.frames.items():
-            frame.write_parquet(tmp / f"{name}.parquet")
-        (tmp / MANIFEST).write_text(json.dumps({
-            "frames": list(copy.frames), "axes": list(copy.axes),
-            "skipped": [[s.path, s.reason] for s in copy.skipped]}), encoding="utf-8")
-        try:
-            tmp.rename(final)
-        except OSError:  # another analysis wrote the same listing's copy first
-            shutil.rmtree(tmp, ignore_errors=True)
-        for old in root.iterdir():
-            if old.name != key and not old.name.startswith("."):
-                shutil.rmtree(old, ignore_errors=True)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fs, root = _where(results_dir)
+        base = f"{root}/{COPY_DIR}"
+        final = f"{base}/{key}"
+        if isinstance(fs, pafs.LocalFileSystem):
+            tmp = f"{base}/.{key}.{uuid.uuid4().hex}"
+            try:
+                _write(fs, tmp, copy)
+                if _is_dir(fs, final):  # another analysis wrote this listing's copy first
+                    fs.delete_dir(tmp)
+                else:
+                    fs.move(tmp, final)
+            except OSError:
+                if _is_dir(fs, tmp):
+                    fs.delete_dir(tmp)
+                raise
+        else:
+            _write(fs, final, copy)
+        for old in fs.get_file_info(pafs.FileSelector(base)):
+            name = posixpath.basename(old.path.rstrip("/"))
+            if old.type == pafs.FileType.Directory and name != key and not name.startswith("."):
+                fs.delete_dir(old.path)
+    except (OSError, ValueError):
         return None
     return final

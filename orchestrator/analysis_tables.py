@@ -197,7 +197,7 @@ def _read_all(results_dir: str | os.PathLike) -> analysis_copy.Copy:
 
 def consolidate(results_dir: str | os.PathLike) -> bool:
     """Write a sweep directory's consolidated copy now (a sweep's last step), so its first
-    analysis reads three files; False when it is not a local, writable sweep directory."""
+    analysis reads three files; False when it is not a writable sweep directory (local or a URI)."""
     key = analysis_copy.listing_key(results_dir)
     if key is None:
         return False

@@ -132,3 +132,40 @@ def test_an_unreadable_copy_is_ignored(tmp_path: Path) -> None:
     (copy,) = (tmp_path / "s" / C.COPY_DIR).iterdir()
     (copy / C.MANIFEST).write_text('{"skipped": []}')  # e.g. written by another version
     assert A.delta_by_objective(A.load_tables(tmp_path / "s"))["delta"].to_list() == [-0.1]
+
+
+def test_the_copy_on_object_storage_is_written_in_place_manifest_last(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URI sweep (s3://, gs://: no directory rename) gets its copy too: files straight into
+    ``<key>/``, the manifest last; older listings' copies removed. pyarrow's in-memory mock
+    filesystem stands in for the bucket."""
+    import pyarrow.fs as pafs
+
+    bucket = pafs._MockFileSystem()
+    monkeypatch.setattr(C, "resolve", lambda uri: (bucket, uri.split("://", 1)[1]))
+    sweep = "s3://bucket/runs/s"
+    assert C.listing_key(sweep) is None  # no results/ yet: not a sweep directory
+    bucket.create_dir("bucket/runs/s/results/measurements")
+    with bucket.open_output_stream("bucket/runs/s/results/measurements/t0.parquet") as out:
+        out.write(b"x" * 10)
+    key = C.listing_key(sweep)
+    copy = C.Copy({"measurements": pl.DataFrame({"trial_id": ["t0"], "delta": [-0.1]})},
+                  (), ("training.lr",))
+    assert not C.exists(sweep, key) and C.load(sweep, key) is None
+    written = []
+    real_write = C._write
+    monkeypatch.setattr(C, "_write", lambda fs, where, c: (written.append(where),
+                                                           real_write(fs, where, c)))
+    assert C.save(sweep, key, copy) == f"bucket/runs/s/{C.COPY_DIR}/{key}"
+    assert written == [f"bucket/runs/s/{C.COPY_DIR}/{key}"]  # in place, no temporary dir
+    loaded = C.load(sweep, key)
+    assert loaded is not None and loaded.frames["measurements"].equals(copy.frames["measurements"])
+    assert loaded.axes == ("training.lr",) and C.exists(sweep, key)
+    with bucket.open_output_stream("bucket/runs/s/results/measurements/t1.parquet") as out:
+        out.write(b"y" * 10)  # a new trial file: a new key, the old copy is not read
+    new_key = C.listing_key(sweep)
+    assert new_key != key and C.load(sweep, new_key) is None
+    assert C.save(sweep, new_key, copy)
+    names = [i.base_name for i in bucket.get_file_info(
+        pafs.FileSelector(f"bucket/runs/s/{C.COPY_DIR}"))]
+    assert names == [new_key]
