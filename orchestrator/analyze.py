@@ -15,7 +15,6 @@ The tables are read once, into memory (orchestrator/analysis_tables.py).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import polars as pl
