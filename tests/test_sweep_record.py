@@ -270,3 +270,23 @@ def test_a_whole_section_axis_gets_its_own_column_beside_the_core_one(tmp_path):
     rows = read_results(tmp_path / "sections").collect()
     assert set(rows["model"]) == {"resnet"}
     assert set(rows["model.json"]) == {'{"width": 4}', '{"width": 6}'}
+
+
+DEMO_TRIAL_IDS = [
+    "bp1-none-rho0-adam-s0-e4-46821136", "bp1-none-rho0.05-adam-s0-e4-9d6d3988",
+    "bp1-none-rho0.5-adam-s0-e4-fad87033", "bp1-dgba-rho0-adam-s0-e4-ac4ee99f",
+    "bp1-dgba-rho0.05-adam-s0-e4-909bbecc", "bp1-dgba-rho0.5-adam-s0-e4-6bb697ab",
+    "bp4-none-rho0-adam-s0-e4-1f40c94c", "bp4-none-rho0.05-adam-s0-e4-5730d5e1",
+    "bp4-none-rho0.5-adam-s0-e4-62caab31", "bp4-dgba-rho0-adam-s0-e4-7a1ea029",
+    "bp4-dgba-rho0.05-adam-s0-e4-fa38bf43", "bp4-dgba-rho0.5-adam-s0-e4-aa4283ab"]
+
+
+def test_an_unchanged_yaml_keeps_its_trial_ids_across_versions() -> None:
+    """Trial ids key the record: if a new field (e.g. training.betas, compute) changed them,
+    rerunning an unchanged sweep after an upgrade would redo every finished trial. New fields
+    stay out of the hashed config while they hold their default."""
+    from orchestrator.spec import load_spec
+    from orchestrator.trial import trial_configs
+    root = Path(__file__).resolve().parents[1]
+    ids = [t["trial_id"] for t in trial_configs(load_spec(root / "sweeps" / "demo.yaml"))]
+    assert ids == DEMO_TRIAL_IDS

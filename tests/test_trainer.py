@@ -54,7 +54,10 @@ def _strip(history: list[dict]) -> list[dict]:
     ({"loss_weights": {"normal": -1.0}}, "loss_weights"), ({"seed": -1}, "seed"),
     ({"rho": -0.5}, "rho"), ({"sam_shared_only": "yes"}, "sam_shared_only"),
     ({"adv": {"objective": "maxloss"}}, "adv.objective"), ({"adv": {"eps": 0}}, "adv.eps"),
-    ({"sharpness": {"rho": -1}}, "sharpness.rho"), ({"epochs": 2.5}, "epochs")])
+    ({"sharpness": {"rho": -1}}, "sharpness.rho"), ({"epochs": 2.5}, "epochs"),
+    ({"betas": (0.5, 0.999)}, "betas"), ({"optimizer": "adam", "betas": (0.5, 1.0)}, "betas"),
+    ({"optimizer": "adam", "betas": (0.5,)}, "betas"),
+    ({"optimizer": "adam", "betas": (-0.1, 0.9)}, "betas")])
 def test_config_rejects_bad_values_naming_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field}"):
         _cfg(**kwargs)
@@ -69,6 +72,25 @@ def test_config_round_trips_through_json() -> None:
     assert again.adv.objective == "dgba" and again.sharpness.num_samples == 8
     with pytest.raises(ValueError, match="unknown key.*'epoch'"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_adam_betas_reach_the_optimizer_and_stay_out_of_the_dict_when_unset(data) -> None:
+    """The DGBA authors train with Adam(betas=(0.5, 0.999)); a config without betas keeps
+    its dict (so its hash: trial ids and model-store keys) as before the field existed."""
+    from mtl.train.trainer import _make_optimizer
+    train_set, _ = data
+    model = _model(train_set)
+    plain = _cfg(optimizer="adam")
+    assert "betas" not in plain.to_dict()
+    assert _make_optimizer(model, plain).param_groups[0]["betas"] == (0.9, 0.999)
+    theirs = _cfg(optimizer="adam", betas=[0.5, 0.999])
+    assert theirs.to_dict()["betas"] == [0.5, 0.999]
+    assert TrainConfig.from_dict(json.loads(json.dumps(theirs.to_dict()))) == theirs
+    assert _make_optimizer(model, theirs).param_groups[0]["betas"] == (0.5, 0.999)
+    a, b = _model(train_set), _model(train_set)
+    train(a, train_set, _cfg(optimizer="adam", epochs=1), progress=False)
+    train(b, train_set, _cfg(optimizer="adam", epochs=1, betas=(0.5, 0.999)), progress=False)
+    assert not _same_weights(a, b)  # the betas change the steps
 
 
 def test_same_config_twice_gives_identical_weights(data) -> None:

@@ -6,7 +6,11 @@ multiplied by `gamma` (milestones=(6,) with lr=0.1: epochs 1-5 run at 0.1, epoch
 the RFN paper, all from one run); empty = keep none. `rho` = 0 trains with the base optimiser,
 rho > 0 with the SAM/RFN step (sam.py) over all trainable parameters or, with
 `sam_shared_only`, over `model.shared_parameters()`. `loss_weights` maps task -> weight
-(missing tasks weigh 1).
+(missing tasks weigh 1). `betas` are Adam's (beta1, beta2); None = torch's (0.9, 0.999).
+
+Fields added after the first release (:data:`LATER_FIELDS`) are left out of `to_dict` while
+they hold their default, so a config that does not use them keeps its hash (trial ids, model
+store keys) across versions.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from mtl.train.sharpness import SharpnessConfig
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 10_000
 MAX_MOMENTUM = 0.999
+LATER_FIELDS = ("betas",)
+"""Fields omitted from `to_dict` at their default (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +50,10 @@ class TrainConfig:
     sam_shared_only: bool = False
     adv: AdvTrainConfig | None = None
     sharpness: SharpnessConfig | None = None
+    betas: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("milestones", "keep_epochs"):
+        for name in ("milestones", "keep_epochs", "betas"):
             v = getattr(self, name)
             if isinstance(v, (list, tuple)):
                 object.__setattr__(self, name, tuple(v))
@@ -70,6 +77,7 @@ class TrainConfig:
         as_choice(self.optimizer, at("optimizer"), OPTIMIZERS, "optimizer")
         as_float(self.lr, at("lr"), 0.0, lo_open=True)
         as_float(self.momentum, at("momentum"), 0.0, MAX_MOMENTUM)
+        self._check_betas(at("betas"))
         as_float(self.weight_decay, at("weight_decay"), 0.0)
         as_float(self.gamma, at("gamma"), 0.0, 1.0, lo_open=True)
         # decays happen at an epoch's start, and epoch 1 has no previous rate to decay
@@ -95,6 +103,19 @@ class TrainConfig:
                 fail(at("sharpness"), f"must be a SharpnessConfig, a mapping or None, "
                      f"got {type(self.sharpness).__name__}")
             self.sharpness.validate()
+
+    def _check_betas(self, where: str) -> None:
+        if self.betas is None:
+            return
+        if self.optimizer != "adam":
+            fail(where, f"Adam's (beta1, beta2): only with optimizer adam, not "
+                 f"{self.optimizer!r}")
+        if not isinstance(self.betas, tuple) or len(self.betas) != 2:
+            fail(where, f"expected two numbers [beta1, beta2] in [0, 1), got {self.betas!r}")
+        for i, beta in enumerate(self.betas):
+            as_float(beta, f"{where}[{i}]", 0.0)
+            if beta >= 1.0:
+                fail(f"{where}[{i}]", f"{beta!r} is out of range; allowed: 0 <= beta < 1")
 
     def _check_epochs(self, name: str, low: int, path: str) -> None:
         v = getattr(self, name)
@@ -122,6 +143,8 @@ class TrainConfig:
                 v = dict(v)
             elif isinstance(v, (AdvTrainConfig, SharpnessConfig)):
                 v = v.to_dict()
+            if f.name in LATER_FIELDS and v == f.default:
+                continue
             out[f.name] = v
         return out
 

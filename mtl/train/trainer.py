@@ -155,7 +155,8 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    betas = {} if config.betas is None else {"betas": config.betas}
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **betas)
 
 
 def _scheduler_state(scheduler: Any) -> dict[str, Any]:
