@@ -126,14 +126,11 @@ def save(results_dir: str | os.PathLike, key: str, copy: Copy) -> str | None:
             tmp = f"{base}/.{key}.{uuid.uuid4().hex}"
             try:
                 _write(fs, tmp, copy)
-                if _is_dir(fs, final):  # another analysis wrote this listing's copy first
-                    fs.delete_dir(tmp)
-                else:
+                if not _is_dir(fs, final):  # else another analysis wrote it first
                     fs.move(tmp, final)
-            except OSError:
+            finally:  # nothing half-written is left, even on Ctrl-C
                 if _is_dir(fs, tmp):
                     fs.delete_dir(tmp)
-                raise
         else:
             _write(fs, final, copy)
         for old in fs.get_file_info(pafs.FileSelector(base)):

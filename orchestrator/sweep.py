@@ -319,9 +319,9 @@ def _consolidate(exp_dir: str) -> None:
               f"({type(err).__name__}: {err}); mtlsweep analyze will read every trial's files",
               file=sys.stderr, flush=True)
         return
-    if written:
-        print(f"mtlsweep: results consolidated in {time.perf_counter() - start:.1f} s",
-              file=sys.stderr, flush=True)
+    print(f"mtlsweep: results consolidated in {time.perf_counter() - start:.1f} s" if written
+          else "mtlsweep: results not consolidated (no results yet, or the sweep directory is "
+               "not writable)", file=sys.stderr, flush=True)
 
 
 def _outcome(spec: SweepSpec, exp_dir: str, total: int, skipped: int, grid: Any

@@ -169,3 +169,20 @@ def test_the_copy_on_object_storage_is_written_in_place_manifest_last(
     names = [i.base_name for i in bucket.get_file_info(
         pafs.FileSelector(f"bucket/runs/s/{C.COPY_DIR}"))]
     assert names == [new_key]
+
+
+def test_an_interrupted_copy_leaves_nothing_half_written(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, {"t0": (0, "sgd", -0.1)})
+    real_write = C._write
+
+    def interrupted(fs, where, copy):
+        real_write(fs, where, copy)  # every file written, then Ctrl-C before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.consolidate(tmp_path / "s")
+    assert list((tmp_path / "s" / C.COPY_DIR).iterdir()) == []
+    monkeypatch.setattr(C, "_write", real_write)
+    assert T.consolidate(tmp_path / "s")  # the next run writes it
