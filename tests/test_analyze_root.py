@@ -56,6 +56,16 @@ def test_storage_root_gets_one_report_per_sweep(root: Path,
         assert f"{dgba:.4f}" in text and f"{other:.4f}" not in text
 
 
+def test_a_full_read_is_announced_and_the_next_analysis_reads_the_copy(
+        root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["analyze", str(root)]) == 0
+    err = capsys.readouterr().err
+    for sweep in DGBA:
+        assert f"reading every result file of {sweep} (no consolidated copy" in err
+    assert main(["analyze", str(root)]) == 0
+    assert "reading every result file" not in capsys.readouterr().err
+
+
 def test_out_dir_holds_a_folder_per_sweep(root: Path, tmp_path: Path) -> None:
     assert main(["analyze", str(root), "--out", str(tmp_path / "reports")]) == 0
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["alpha", "beta"]

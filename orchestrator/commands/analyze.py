@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.fs as pafs
 
-from orchestrator import claims_table
+from orchestrator import analysis_copy, claims_table
 from orchestrator.results_paths import is_uri, resolve
 from orchestrator.results_reading import ResultsWarning
 
@@ -124,6 +124,15 @@ def targets(path: str, out: str | None, sweep: str | None) -> tuple[list[Target]
             for name in names], False
 
 
+def announce_full_read(target: Target) -> None:
+    """One line on stderr before a sweep's per-trial files are all read (no consolidated copy
+    of the current files: tens of seconds at 10,000 trials), so a long read is not silent."""
+    key = analysis_copy.listing_key(target.results)
+    if key is not None and not analysis_copy.exists(target.results, key):
+        print(f"mtlsweep analyze: reading every result file of {target.name} (no consolidated "
+              "copy of these files yet)", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Analyse each sweep on its own, print its summary, then the list of reports."""
     from orchestrator.analysis import analyze  # polars queries + matplotlib: import only when run
@@ -134,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     for target in todo:
         if not single:
             print(f"== sweep {target.name} ==")
+        announce_full_read(target)
         try:
             with clean_warnings("mtlsweep analyze"):
                 # a sweep directory may be filtered by --sweep; a storage's sweep is its directory
