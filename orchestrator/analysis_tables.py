@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import polars as pl
+import pyarrow as pa
 
 from mtl.models import Layout  # pure Python: no torch
 from orchestrator import analysis_copy
-from orchestrator.results_reading import ResultScan, Skipped, scan_results, warn_skipped
+from orchestrator.results_reading import (ResultFile, ResultScan, Skipped, scan_results,
+                                          warn_skipped)
 
 TRIAL = ["sweep", "trial_id"]
 NO_LAYOUT = "no layout"
@@ -98,15 +100,40 @@ def _with_kind(frame: pl.LazyFrame) -> pl.LazyFrame:
         .otherwise(pl.lit("whitebox"))).alias("kind"))
 
 
-def _read(scan: ResultScan, shape: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.DataFrame:
+READ_ERRORS = (pl.exceptions.PolarsError, pa.ArrowException, OSError)
+"""What reading a file whose footer is sound but whose data is not can raise."""
+
+
+def _read(scan: ResultScan, shape: Callable[[pl.LazyFrame], pl.LazyFrame]
+          ) -> tuple[pl.DataFrame, list[Skipped]]:
     """The rows of ``scan``'s files, each row read once, ``CHUNK_FILES`` files at a time,
-    each pass through ``shape`` (filters and projections) with polars' streaming engine."""
-    files = scan.files
-    parts = [shape(ResultScan(scan.table, files[i:i + CHUNK_FILES], ()).frame())
-             .collect(engine="streaming") for i in range(0, len(files), CHUNK_FILES)]
+    each pass through ``shape`` (filters and projections) with polars' streaming engine; and
+    the files skipped because their data cannot be read (a damaged page behind a sound
+    footer: the footer pass cannot see it). A pass that fails is read again file by file, so
+    one damaged file costs only its own rows."""
+    def collect(files: Sequence[ResultFile]) -> pl.DataFrame:
+        return (shape(ResultScan(scan.table, tuple(files), ()).frame())
+                .collect(engine="streaming"))
+
+    parts: list[pl.DataFrame] = []
+    bad: list[Skipped] = []
+    for i in range(0, len(scan.files), CHUNK_FILES):
+        chunk = scan.files[i:i + CHUNK_FILES]
+        try:
+            parts.append(collect(chunk))
+            continue
+        except READ_ERRORS:
+            pass
+        for f in chunk:
+            try:
+                parts.append(collect([f]))
+            except READ_ERRORS as err:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+                bad.append(Skipped(f.path, f"damaged data: its rows cannot be read ({reason})"))
     if not parts:
-        return shape(scan.frame()).collect()
-    return parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
+        return shape(ResultScan(scan.table, (), ()).frame()).collect(), bad
+    frame = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
+    return frame, bad
 
 
 def _latest_attempt(frame: pl.DataFrame) -> pl.DataFrame:
@@ -182,9 +209,12 @@ def _read_all(results_dir: str | os.PathLike) -> analysis_copy.Copy:
     def analysed(frame: pl.LazyFrame) -> pl.LazyFrame:
         return _with_kind(frame).filter(_analysed_rows()).drop(UNREAD, strict=False)
 
-    m, e, timings = (_latest_attempt(_read(scan, analysed if scan.table == "measurements"
-                                           else lambda f: f)) for scan in scans)
+    read = [_read(scan, analysed if scan.table == "measurements" else lambda f: f)
+            for scan in scans]
     del scans
+    m, e, timings = (_latest_attempt(frame) for frame, _ in read)
+    skipped += tuple(s for _, bad in read for s in bad)
+    del read
     level = [c for c in (*TRIAL_LEVEL, *axes) if c in m.columns or c in e.columns]
     trials = _trials((m, e), level)
     m, e = _split(m, trials, level), _split(e, trials, level)

@@ -22,7 +22,9 @@ left by a crash), so before any rows are read every candidate file's footer is r
 
 Skipping, not refusing, is the choice: one bad file out of thousands should not hide the rest,
 and every skip is named. Corruption inside a data page of a file whose footer is intact is not
-seen by this pass (it fails when the rows are read).
+seen by this pass: ``read_results``' frame fails when it is collected, while the analysis
+(orchestrator/analysis_tables.py) reads such a pass again file by file and skips the damaged
+file by name.
 """
 from __future__ import annotations
 

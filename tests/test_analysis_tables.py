@@ -186,3 +186,22 @@ def test_an_interrupted_copy_leaves_nothing_half_written(tmp_path: Path,
     assert list((tmp_path / "s" / C.COPY_DIR).iterdir()) == []
     monkeypatch.setattr(C, "_write", real_write)
     assert T.consolidate(tmp_path / "s")  # the next run writes it
+
+
+def test_a_file_with_damaged_data_behind_a_sound_footer_is_skipped_by_name(
+        tmp_path: Path) -> None:
+    """The footer pass cannot see a damaged data page; the row read finds it, reads the other
+    files of its pass one by one and names the damaged one, instead of a traceback."""
+    write(tmp_path, {f"t{i}": (i, "sgd", -0.1 * (i + 1)) for i in range(3)})
+    damaged = tmp_path / "s" / "results" / "measurements" / "t1.parquet"
+    data = bytearray(damaged.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    for i in range(4, len(data) - 8 - footer):  # every data byte; footer and magic intact
+        data[i] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"t1\.parquet: damaged data: its rows cannot be read"):
+        tables = A.load_tables(tmp_path / "s")
+    assert [s.path for s in tables.skipped] == [str(damaged)]
+    frame = A.delta_by_objective(tables)
+    assert frame["trials"].to_list() == [2]  # t0 and t2
+    assert frame["delta"].to_list() == pytest.approx([-0.2])
