@@ -35,7 +35,7 @@ from orchestrator.results_reading import Skipped
 from orchestrator.results_schema import SCHEMA_VERSION, TABLES
 
 COPY_DIR = ".analysis-tables"
-COPY_VERSION = 1
+COPY_VERSION = 2
 """Bump when what the analysis keeps of a table changes (analysis_tables: rows, columns)."""
 MANIFEST = "manifest.json"
 

@@ -44,6 +44,12 @@ TRIAL_LEVEL = ("attempt", "layout", "branch_point", "adv_train", "rho", "optimiz
                "train_epochs", "dataset", "model")
 """Columns of a trial, not of a row: kept once per trial, joined to the rows by each query."""
 UNREAD = ("schema_version", "surrogate_id", "attack_options", "steps")
+VALUES = {"measurements": ("clean", "adv", "rel_change"), "epochs": ("value",),
+          "timings": ("seconds",)}
+"""The measured values of each table: NaN (a change that is undefined), infinities and
+magnitudes beyond VALUE_LIMIT are read as missing, so a mean skips them instead of becoming
+NaN and a plot's axis never spans the whole float range (no metric gets near 1e100)."""
+VALUE_LIMIT = 1e100
 """Measurement columns no query uses; not kept in memory."""
 CHUNK_FILES = 2000
 """Files read per streaming pass: the reader's buffers stay small (10,000 files read in one
@@ -193,6 +199,15 @@ def _view(rows: pl.DataFrame, trials: pl.DataFrame) -> pl.LazyFrame:
             .drop("_trial"))
 
 
+def _finite(table: str) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """The table's values (:data:`VALUES`) with NaN, infinities and |v| > VALUE_LIMIT null."""
+    def shape(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(
+            pl.when(pl.col(c).is_finite() & (pl.col(c).abs() <= VALUE_LIMIT)).then(pl.col(c))
+            .otherwise(None).alias(c) for c in VALUES[table])
+    return shape
+
+
 def _read_all(results_dir: str | os.PathLike) -> analysis_copy.Copy:
     """The analysed rows of the three tables, split into rows and trials (frames
     ``measurements``, ``epochs``, ``timings`` and ``trials``): from the sweep's consolidated
@@ -207,9 +222,10 @@ def _read_all(results_dir: str | os.PathLike) -> analysis_copy.Copy:
     skipped = tuple(s for scan in scans for s in scan.skipped)
 
     def analysed(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return _with_kind(frame).filter(_analysed_rows()).drop(UNREAD, strict=False)
+        frame = _with_kind(frame).filter(_analysed_rows()).drop(UNREAD, strict=False)
+        return _finite("measurements")(frame)
 
-    read = [_read(scan, analysed if scan.table == "measurements" else lambda f: f)
+    read = [_read(scan, analysed if scan.table == "measurements" else _finite(scan.table))
             for scan in scans]
     del scans
     m, e, timings = (_latest_attempt(frame) for frame, _ in read)

@@ -376,7 +376,7 @@ def overview(t: Tables) -> dict[str, object]:
         pl.col("sweep").unique().sort().implode().alias("sweeps"),
         pl.struct(TRIAL).n_unique().alias("trials"), pl.col("layout").n_unique().alias("layouts"),
         pl.len().alias("rows"),
-        ((pl.col("metric") == "delta") & pl.col("rel_change").is_nan()).sum()
+        ((pl.col("metric") == "delta") & pl.col("rel_change").is_null()).sum()
         .alias("undefined_deltas")).collect()
     return m.row(0, named=True)
 

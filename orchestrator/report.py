@@ -291,9 +291,11 @@ def build_report(t: A.Tables, out_dir: Path, *, claims: pl.DataFrame,
              "otherwise, its final checkpoint are used.")
     _skipped(doc, t.skipped)
     if info["undefined_deltas"]:
-        doc.text(f"**{info['undefined_deltas']} per-task Δ values were undefined and left out "
-                 "of all means**: every clean metric of that task was 0, where a relative change "
-                 "is undefined (typically an untrained model's accuracy).")
+        doc.text(f"**{info['undefined_deltas']} Δ values were undefined or out of range and "
+                 "left out of all means**: NaN where every clean metric of a task was 0 (a "
+                 "relative change is undefined there; typically an untrained model's "
+                 "accuracy), or an infinite value or one beyond ±1e100 (not a measurement of "
+                 "ours: a file written elsewhere).")
     summary = A.summary(t)
     doc.section("summary")
     if summary.is_empty():

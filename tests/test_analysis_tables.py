@@ -205,3 +205,19 @@ def test_a_file_with_damaged_data_behind_a_sound_footer_is_skipped_by_name(
     frame = A.delta_by_objective(tables)
     assert frame["trials"].to_list() == [2]  # t0 and t2
     assert frame["delta"].to_list() == pytest.approx([-0.2])
+
+
+def test_infinite_and_absurd_values_are_read_as_missing_and_plots_still_draw(
+        tmp_path: Path) -> None:
+    """A file written elsewhere with ±inf or 1e308 (whose means overflow and whose axes would
+    span the float range: matplotlib then allocates without bound) is analysed like NaN."""
+    from orchestrator import analysis
+    write(tmp_path, {"t0": (0, "sgd", -0.1), "t1": (1, "sgd", float("inf")),
+                     "t2": (2, "sgd", -1e308), "t3": (3, "sgd", 1e99)})
+    tables = A.load_tables(tmp_path / "s")
+    values = tables.measurements.filter(pl.col("metric") == "delta").collect()
+    assert sorted(values["rel_change"].drop_nulls().to_list()) == [-0.1, 1e99]  # mean Δ rows
+    assert values["rel_change"].null_count() == 2  # inf and -1e308
+    result = analysis.analyze(tmp_path / "s", tmp_path / "out")
+    assert result.plots and all(p.stat().st_size > 0 for p in result.plots)
+    assert "**2 Δ values were undefined or out of range" in result.report.read_text()
