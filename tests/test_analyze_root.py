@@ -12,6 +12,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.commands.analyze import sweeps_under, targets
 from orchestrator.results import write_trial_table
+from orchestrator.results_reading import ResultsWarning
 
 DGBA = {"alpha": -0.25, "beta": -0.75}  # each sweep's white-box Δ of dgba at ε=8
 
@@ -135,3 +136,20 @@ def test_mtlsweep_analyze_imports_no_torch(root: Path, tmp_path: Path) -> None:
     """Through the CLI too: only the named command's module is imported (cli.COMMANDS)."""
     result = run_child("from orchestrator.cli import main", root / "alpha", tmp_path / "out")
     assert result == {"code": 0, "torch": False, "heavy": []}
+
+
+@pytest.mark.timeout(30)
+def test_other_warnings_pass_through_once_and_results_warnings_print_once(capsys) -> None:
+    """A matplotlib-style warning inside the analysis is re-issued once, after recording stops
+    (re-issued while recording, it was recorded again: an endless loop that ate all memory)."""
+    import warnings
+
+    from orchestrator.commands.analyze import clean_warnings
+    with pytest.warns(UserWarning, match="axes sizes collapsed") as seen:
+        with clean_warnings("mtlsweep analyze"):
+            warnings.warn("axes sizes collapsed to zero", UserWarning)
+            for _ in range(2):
+                warnings.warn(ResultsWarning("/x/t0.parquet: not a parquet file"))
+    assert len([w for w in seen if not issubclass(w.category, ResultsWarning)]) == 1
+    err = capsys.readouterr().err
+    assert err == "mtlsweep analyze: warning: /x/t0.parquet: not a parquet file\n"

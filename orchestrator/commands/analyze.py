@@ -57,19 +57,22 @@ def print_summary(summary: pl.DataFrame) -> None:
 @contextmanager
 def clean_warnings(prefix: str) -> Iterator[None]:
     """Print each ResultsWarning raised inside once, as ``<prefix>: warning: <path>: <reason>``
-    on stderr (not Python's warning format with source lines); other warnings pass through."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResultsWarning)
-        try:
+    on stderr (not Python's warning format with source lines); other warnings pass through,
+    re-issued once the recording has stopped (re-issuing them while recording would record
+    them again, without end)."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResultsWarning)
             yield
-        finally:
-            seen: set[str] = set()
-            for w in caught:
-                if not issubclass(w.category, ResultsWarning):
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-                elif str(w.message) not in seen:
-                    seen.add(str(w.message))
-                    print(f"{prefix}: warning: {w.message}", file=sys.stderr)
+    finally:
+        seen: set[str] = set()
+        for w in caught:
+            if not issubclass(w.category, ResultsWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            elif str(w.message) not in seen:
+                seen.add(str(w.message))
+                print(f"{prefix}: warning: {w.message}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
