@@ -6,7 +6,9 @@ attack hurt). Every figure (issue 13): draws every configuration (facets or line
 its selection; ticks only at measured values (integers for epochs and branch points, symlog ρ
 so 0 and 0.05 stay apart); legends outside the axes; a value with several trials behind it
 carries its interval (``<v>_lo``/``<v>_hi``, :data:`analyze.INTERVAL_RULE`, named in the
-caption); text at least 9 pt in figures at most about 12 inches wide.
+caption); text at least 9 pt in figures at most about 12 inches wide; every line of text
+shortened to :data:`MOST_CHARS` characters (:data:`MOST_CAPTION_CHARS` in a caption), since a
+label from a results file may be any length.
 """
 from __future__ import annotations
 
@@ -21,11 +23,14 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import FixedLocator, NullLocator
 
 DPI = 110
 MOST_PANELS = 24
 MOST_TICKS = 12
+MOST_CHARS = 56  # per line of a title, label, legend entry or tick
+MOST_CAPTION_CHARS = 160  # per line of a caption (they are written to span the figure)
 DODGE = 0.04
 STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
          "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 12,
@@ -53,7 +58,18 @@ def _figure(panels: int, cols: int = 3, width: float = 4.0, height: float = 3.0,
     return fig, axes[:panels]
 
 
+def shorten(text: str, most: int = MOST_CHARS) -> str:
+    """Each line of ``text`` cut to ``most`` characters, ending in … where it was cut."""
+    return "\n".join(line if len(line) <= most else line[:most - 1] + "…"
+                     for line in text.split("\n"))
+
+
 def _save(fig: Figure, path: Path) -> Path:
+    caption = fig.get_supxlabel()
+    for text in fig.findobj(Text):  # titles, labels, legend entries, ticks, the caption
+        most = MOST_CAPTION_CHARS if text.get_text() == caption else MOST_CHARS
+        if len(text.get_text()) > most:
+            text.set_text(shorten(text.get_text(), most))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path

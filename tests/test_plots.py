@@ -195,3 +195,22 @@ def test_bars_rule_names_only_the_cases_present() -> None:
 def test_pngs_are_written(tables: A.Tables, tmp_path: Path) -> None:
     path = plots.delta_vs_eps(A.delta_by_objective(tables), tmp_path / "d.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_from_results_files_is_shortened_but_captions_keep_their_sentences(
+        tmp_path: Path) -> None:
+    """A 4,000-character label (e.g. an adv_train string in a copied results file) made the
+    layout collapse; every title, label and legend entry is cut to MOST_CHARS characters."""
+    fig = Figure()
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], label="a" * 4000)
+    ax.set_title("b" * 300 + "\nshort")
+    fig.legend()
+    caption = "c" * 150
+    fig.supxlabel(caption)
+    plots._save(fig, tmp_path / "f.png")
+    texts = [t.get_text() for t in fig.findobj(plots.Text)]
+    assert ax.get_title() == "b" * (plots.MOST_CHARS - 1) + "…\nshort"
+    assert "a" * (plots.MOST_CHARS - 1) + "…" in texts and "a" * 4000 not in texts
+    assert fig.get_supxlabel() == caption  # captions are sentences: up to 160 per line
+    assert (tmp_path / "f.png").stat().st_size > 0
