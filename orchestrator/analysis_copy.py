@@ -59,24 +59,31 @@ def _is_dir(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
-def listing_key(results_dir: str | os.PathLike) -> str | None:
-    """The key of the current per-trial files of a sweep directory (one with ``results/``);
-    None for anything else (a storage root, a table directory) or an unreadable location."""
+def listing(results_dir: str | os.PathLike) -> tuple[str, int] | None:
+    """(the key of the current per-trial files, how many there are) of a sweep directory (one
+    with ``results/``); None for anything else (a storage root, a table directory) or an
+    unreadable location."""
     try:
         fs, root = _where(results_dir)
         if not _is_dir(fs, f"{root}/results"):
             return None
-        listing: dict[str, list] = {}
+        files: dict[str, list] = {}
         for table in TABLES:
             found = fs.get_file_info(pafs.FileSelector(f"{root}/results/{table}",
                                                        allow_not_found=True))
-            listing[table] = sorted((f.base_name, f.size, f.mtime_ns) for f in found
-                                    if f.type == pafs.FileType.File
-                                    and is_result_file(f.base_name))
+            files[table] = sorted((f.base_name, f.size, f.mtime_ns) for f in found
+                                  if f.type == pafs.FileType.File
+                                  and is_result_file(f.base_name))
     except (OSError, ValueError):
         return None
-    text = json.dumps({"copy": COPY_VERSION, "schema": SCHEMA_VERSION, "files": listing})
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    text = json.dumps({"copy": COPY_VERSION, "schema": SCHEMA_VERSION, "files": files})
+    return hashlib.sha256(text.encode()).hexdigest()[:32], sum(map(len, files.values()))
+
+
+def listing_key(results_dir: str | os.PathLike) -> str | None:
+    """The key of :func:`listing` (None where it is None)."""
+    found = listing(results_dir)
+    return None if found is None else found[0]
 
 
 def exists(results_dir: str | os.PathLike, key: str) -> bool:

@@ -57,14 +57,17 @@ def test_storage_root_gets_one_report_per_sweep(root: Path,
         assert f"{dgba:.4f}" in text and f"{other:.4f}" not in text
 
 
-def test_a_full_read_is_announced_and_the_next_analysis_reads_the_copy(
-        root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_large_full_read_is_announced_and_the_next_analysis_reads_the_copy(
+        root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.commands.analyze as command
+    monkeypatch.setattr(command, "ANNOUNCE_FROM", 3)  # alpha: 2 files, beta: 3
+    (root / "beta" / "results" / "measurements" / "extra.parquet").write_bytes(b"junk")
     assert main(["analyze", str(root)]) == 0
     err = capsys.readouterr().err
-    for sweep in DGBA:
-        assert f"reading every result file of {sweep} (no consolidated copy" in err
+    assert "reading all 3 result files of beta (no consolidated copy" in err
+    assert "of alpha" not in err  # below the threshold: small reads stay quiet
     assert main(["analyze", str(root)]) == 0
-    assert "reading every result file" not in capsys.readouterr().err
+    assert "reading all" not in capsys.readouterr().err
 
 
 def test_out_dir_holds_a_folder_per_sweep(root: Path, tmp_path: Path) -> None:

@@ -127,13 +127,18 @@ def targets(path: str, out: str | None, sweep: str | None) -> tuple[list[Target]
             for name in names], False
 
 
+ANNOUNCE_FROM = 1000
+"""Result files from which a full read (seconds to minutes) is announced."""
+
+
 def announce_full_read(target: Target) -> None:
-    """One line on stderr before a sweep's per-trial files are all read (no consolidated copy
-    of the current files: tens of seconds at 10,000 trials), so a long read is not silent."""
-    key = analysis_copy.listing_key(target.results)
-    if key is not None and not analysis_copy.exists(target.results, key):
-        print(f"mtlsweep analyze: reading every result file of {target.name} (no consolidated "
-              "copy of these files yet)", file=sys.stderr, flush=True)
+    """One line on stderr before a large sweep's per-trial files are all read (no consolidated
+    copy of the current files: about a minute at 10,000 trials), so a long read is not silent."""
+    found = analysis_copy.listing(target.results)
+    if found is not None and found[1] >= ANNOUNCE_FROM and \
+            not analysis_copy.exists(target.results, found[0]):
+        print(f"mtlsweep analyze: reading all {found[1]} result files of {target.name} (no "
+              "consolidated copy of these files yet)", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
