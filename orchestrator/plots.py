@@ -7,8 +7,8 @@ its selection; ticks only at measured values (integers for epochs and branch poi
 so 0 and 0.05 stay apart); legends outside the axes; a value with several trials behind it
 carries its interval (``<v>_lo``/``<v>_hi``, :data:`analyze.INTERVAL_RULE`, named in the
 caption); text at least 9 pt in figures at most about 12 inches wide; every line of text
-shortened to :data:`MOST_CHARS` characters (:data:`MOST_CAPTION_CHARS` in a caption), since a
-label from a results file may be any length.
+shortened to :data:`MOST_CHARS` characters (:data:`MOST_CAPTION_CHARS` in the figure's title
+and caption), since a label from a results file may be any length.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ DPI = 110
 MOST_PANELS = 24
 MOST_TICKS = 12
 MOST_CHARS = 56  # per line of a title, label, legend entry or tick
-MOST_CAPTION_CHARS = 160  # per line of a caption (they are written to span the figure)
+MOST_CAPTION_CHARS = 160  # per line of the figure's title and caption (they span the figure)
 DODGE = 0.04
 STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
          "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 12,
@@ -65,9 +65,9 @@ def shorten(text: str, most: int = MOST_CHARS) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    caption = fig.get_supxlabel()
+    wide = {fig.get_suptitle(), fig.get_supxlabel()}  # they span the figure
     for text in fig.findobj(Text):  # titles, labels, legend entries, ticks, the caption
-        most = MOST_CAPTION_CHARS if text.get_text() == caption else MOST_CHARS
+        most = MOST_CAPTION_CHARS if text.get_text() in wide else MOST_CHARS
         if len(text.get_text()) > most:
             text.set_text(shorten(text.get_text(), most))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -206,11 +206,13 @@ def test_text_from_results_files_is_shortened_but_captions_keep_their_sentences(
     ax.plot([0, 1], [0, 1], label="a" * 4000)
     ax.set_title("b" * 300 + "\nshort")
     fig.legend()
-    caption = "c" * 150
+    caption, title = "c" * 150, "Transfer and sharpness vs early stopping (dgba / pgd / ε=8)"
     fig.supxlabel(caption)
+    fig.suptitle(title)
     plots._save(fig, tmp_path / "f.png")
     texts = [t.get_text() for t in fig.findobj(plots.Text)]
     assert ax.get_title() == "b" * (plots.MOST_CHARS - 1) + "…\nshort"
     assert "a" * (plots.MOST_CHARS - 1) + "…" in texts and "a" * 4000 not in texts
     assert fig.get_supxlabel() == caption  # captions are sentences: up to 160 per line
+    assert fig.get_suptitle() == title  # so are the figures' titles (the demo's has 59)
     assert (tmp_path / "f.png").stat().st_size > 0
