@@ -6,176 +6,39 @@ attack hurt). Every figure (issue 13): draws every configuration (facets or line
 its selection; ticks only at measured values (integers for epochs and branch points, symlog ρ
 so 0 and 0.05 stay apart); legends outside the axes; a value with several trials behind it
 carries its interval (``<v>_lo``/``<v>_hi``, :data:`analyze.INTERVAL_RULE`, named in the
-caption); text at least 9 pt in figures at most about 12 inches wide; every line of text
-shortened to :data:`MOST_CHARS` characters (:data:`MOST_CAPTION_CHARS` in the figure's title
-and caption), since a label from a results file may be any length.
+caption); text at least 9 pt in figures at most about 12 inches wide, every line of it cut to
+a readable length when saved. The shared pieces are in orchestrator/figure_parts.py.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from functools import wraps
 from pathlib import Path
-from typing import Any
 
-import matplotlib
 import polars as pl
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.text import Text
-from matplotlib.ticker import FixedLocator, NullLocator
 
-DPI = 110
-MOST_PANELS = 24
-MOST_TICKS = 12
-MOST_CHARS = 56  # per line of a title, label, legend entry or tick
-MOST_CAPTION_CHARS = 160  # per line of the figure's title and caption (they span the figure)
-DODGE = 0.04
-STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
-         "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 12,
-         "lines.markersize": 5, "errorbar.capsize": 3}
-MARKERS, LINESTYLES = "osD^vP*Xph<>", ("-", "--", ":", "-.")
-
-
-def _styled(draw: Callable[..., Figure]) -> Callable[..., Figure]:
-    @wraps(draw)
-    def inner(*args: Any, **kwargs: Any) -> Figure:
-        with matplotlib.rc_context(STYLE):
-            return draw(*args, **kwargs)
-    return inner
-
-
-def _figure(panels: int, cols: int = 3, width: float = 4.0, height: float = 3.0,
-            extra_width: float = 0.0, **share: Any) -> tuple[Figure, list[Axes]]:
-    cols = max(1, min(panels, cols))
-    rows = math.ceil(panels / cols)
-    fig = Figure(figsize=(width * cols + extra_width, height * rows + 0.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False, **share).ravel().tolist()
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    return fig, axes[:panels]
-
-
-def shorten(text: str, most: int = MOST_CHARS) -> str:
-    """Each line of ``text`` cut to ``most`` characters, ending in … where it was cut."""
-    return "\n".join(line if len(line) <= most else line[:most - 1] + "…"
-                     for line in text.split("\n"))
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    wide = {fig.get_suptitle(), fig.get_supxlabel()}  # they span the figure
-    for text in fig.findobj(Text):  # titles, labels, legend entries, ticks, the caption
-        most = MOST_CAPTION_CHARS if text.get_text() in wide else MOST_CHARS
-        if len(text.get_text()) > most:
-            text.set_text(shorten(text.get_text(), most))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
-
-
-def _spread(items: list, most: int) -> list:
-    """At most ``most`` items, evenly spaced, first and last kept."""
-    step = (len(items) - 1) / (most - 1) if len(items) > most else 1
-    return [items[round(i * step)] for i in range(min(most, len(items)))]
-
-
-def _ticks(ax: Axes, values: Sequence[float], label: Callable[[float], str] = "{:g}".format,
-           axis: str = "x") -> None:
-    """Major ticks only at measured ``values`` (at most MOST_TICKS, evenly picked); no minor."""
-    shown = _spread(sorted({float(v) for v in values if v is not None}), MOST_TICKS)
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    target.set_major_locator(FixedLocator(shown))
-    target.set_minor_locator(NullLocator())
-    target.set_ticklabels([label(v) for v in shown])
-
-
-def _line(ax: Axes, rows: pl.DataFrame, x: str, y: str, shift: float = 0.0, **style: Any) -> Any:
-    """``y`` against ``x`` with its interval as error bars where ``<y>_lo``/``_hi`` exist.
-    Several points at one x (layouts of equal sharing) are not joined by a line: they are
-    drawn as markers, spread over ``DODGE`` of the axis' x range so each stays visible."""
-    rows = rows.filter(pl.col(y).is_not_null()).sort(x)
-    xs = [v + shift for v in rows[x].to_list()]
-    if len(set(xs)) < len(xs):
-        span = DODGE * ((max(xs) - min(xs)) or 1.0)
-        seen = {v: xs.count(v) for v in set(xs)}
-        rank: dict[float, int] = {}
-        for i, v in enumerate(xs):
-            rank[v] = rank.get(v, -1) + 1
-            xs[i] = v + (rank[v] - (seen[v] - 1) / 2) * span / max(1, seen[v] - 1)
-        style = {**style, "linestyle": "none"}
-    ys = rows[y].to_list()
-    yerr = _yerr(ys, rows[f"{y}_lo"], rows[f"{y}_hi"]) if f"{y}_lo" in rows.columns else None
-    return ax.errorbar(xs, ys, yerr=yerr, **style) if yerr else ax.plot(xs, ys, **style)[0]
-
-
-def _yerr(ys: Sequence[float], los: Sequence, his: Sequence) -> list[list[float]] | None:
-    """Error-bar lengths below and above each value (0 without an interval); None if none."""
-    lo = [y - a if a is not None and y is not None else 0.0 for y, a in zip(ys, los)]
-    hi = [b - y if b is not None and y is not None else 0.0 for y, b in zip(ys, his)]
-    return [lo, hi] if any(lo) or any(hi) else None
-
-
-def bars_rule(trials: Sequence[int | None]) -> str:
-    """What the error bars of points with these trial counts are (the rule of
-    :data:`analyze.INTERVAL_RULE`, naming only the cases that occur)."""
-    counts = {n or 1 for n in trials}
-    if counts <= {1}:
-        return "one trial per point: no error bars"
-    parts = []
-    if any(n >= 3 for n in counts):
-        parts.append("95 % t-interval of the mean over trials (n ≥ 3)")
-    if 2 in counts:
-        parts.append("min–max of the two trials (n = 2)")
-    if 1 in counts:
-        parts.append("none for a single trial")
-    return "bars: " + "; ".join(parts)
-
-
-def _caption(frame: pl.DataFrame, *parts: str) -> str:
-    """The figure's caption: what it selects, then what its bars are (or that there are none)."""
-    trials = frame["trials"].to_list() if "trials" in frame.columns else [1]
-    return "\n".join([*(p for p in parts if p), bars_rule(trials)])
-
-
-def _legend(fig: Figure, axes: Sequence[Axes], title: str | None = None,
-            order: Sequence[str] = ()) -> None:
-    """One legend for the figure, outside the axes on the right (each label once, in
-    ``order`` first)."""
-    seen: dict[str, Any] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(label, handle)
-    labels = [x for x in order if x in seen] + [x for x in seen if x not in order]
-    if labels:
-        fig.legend([seen[x] for x in labels], labels, loc="outside right upper", title=title)
-
-
-def _styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """A colour and marker per label, the same in every panel of a figure."""
-    return {label: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
-            for i, label in enumerate(labels)}
+from orchestrator import figure_parts as parts
+from orchestrator.figure_parts import MOST_PANELS
 
 
 # --- figures ------------------------------------------------------------------------------------
-@_styled
+@parts.styled
 def delta_vs_eps_figure(frame: pl.DataFrame, most: int = MOST_PANELS) -> Figure:
     """White-box Δ vs ε, one line per objective (line style per method), one panel per
     regime × layout: every group, or an evenly spaced ``most`` of them, said in the caption."""
     bp = pl.col("branch_point") if "branch_point" in frame.columns else pl.lit(None, pl.Int64)
     groups = (frame.select("regime", "sharing", "layout", bp.alias("bp")).unique()
               .sort("regime", "sharing", "layout", nulls_last=True).rows())
-    shown = _spread(groups, most)
+    shown = parts.spread(groups, most)
     layouts = frame["layout"].n_unique()
     objectives = (frame.select("objective").unique().sort(
         [pl.col("objective").replace_strict({"dgba": 0, "total": 1, "signsum": 2, "minmax": 3},
                                             default=9), "objective"])["objective"].to_list())
     methods = sorted(frame["attack_method"].unique().to_list())
-    colours = _styles(objectives)
+    colours = parts.styles(objectives)
     cols = min(len(shown), layouts if layouts <= 3 else 3)
-    fig, axes = _figure(len(shown), cols=cols, width=4.0, height=2.8, extra_width=3.2,
-                        sharey=True)
+    fig, axes = parts.figure(len(shown), cols=cols, width=4.0, height=2.8, extra_width=3.2,
+                             sharey=True)
     for i, (ax, (regime, sharing, layout, k)) in enumerate(zip(axes, shown)):
         rows = frame.filter((pl.col("layout") == layout) & (pl.col("regime") == regime))
         for objective in objectives:
@@ -183,30 +46,31 @@ def delta_vs_eps_figure(frame: pl.DataFrame, most: int = MOST_PANELS) -> Figure:
                 line = rows.filter((pl.col("objective") == objective)
                                    & (pl.col("attack_method") == method))
                 if line.height:
-                    _line(ax, line, "eps", "delta", label=f"{objective} ({method})",
-                          linestyle=LINESTYLES[m % 4], linewidth=2.4 if objective == "dgba"
-                          else 1.3, **colours[objective])
+                    parts.line(ax, line, "eps", "delta", label=f"{objective} ({method})",
+                               linestyle=parts.LINESTYLES[m % 4],
+                               linewidth=2.4 if objective == "dgba" else 1.3,
+                               **colours[objective])
         n = rows["trials"].max()
         share = "" if sharing is None else f"sharing {sharing:.2f}, "
         where = (f"branch point {k}, {share}" if k is not None
                  else f"layout {layout}\n{share}")  # a layout string gets a line of its own
         ax.set_title(f"{regime}\n{where}n = {n} trial{'s' * (n != 1)}", fontsize=9)
-        _ticks(ax, rows["eps"].to_list())
+        parts.ticks(ax, rows["eps"].to_list())
         if i >= len(shown) - cols:
             ax.set_xlabel("ε (1/255)")
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.yaxis.set_tick_params(labelleft=True)
     fig.supylabel("Δ, mean over tasks (lower = stronger attack)")
-    _legend(fig, axes, "objective (method)")
+    parts.legend(fig, axes, "objective (method)")
     selection = ("" if len(shown) == len(groups) else
                  f"{len(shown)} of {len(groups)} regime × layout groups shown (evenly spaced "
                  "by sharing); every group is in delta_by_objective.csv")
     fig.suptitle("White-box Δ by objective and ε")
-    fig.supxlabel(_caption(frame, selection), fontsize=9)
+    fig.supxlabel(parts.caption(frame, selection), fontsize=9)
     return fig
 
 
-@_styled
+@parts.styled
 def tradeoff_figure(frame: pl.DataFrame, x: str, attack_label: str) -> Figure:
     """Clean metrics, white-box Δ and cross-task Δ against the amount of sharing, one line
     per regime of the frame, one panel per quantity (their scales differ)."""
@@ -215,8 +79,8 @@ def tradeoff_figure(frame: pl.DataFrame, x: str, attack_label: str) -> Figure:
                   not c.endswith(("_lo", "_hi"))]
     regimes = (frame["regime"].unique().sort().to_list() if "regime" in frame.columns
                else ["all trials"])
-    styles = _styles(regimes)
-    fig, axes = _figure(len(clean_cols) + 2, cols=3, width=3.8, height=3.0, extra_width=2.4)
+    styles = parts.styles(regimes)
+    fig, axes = parts.figure(len(clean_cols) + 2, cols=3, width=3.8, height=3.0, extra_width=2.4)
     panels = [(c, c.removeprefix("clean "), False) for c in clean_cols] + [
         ("whitebox_delta", f"white-box Δ\n{attack_label}", True),
         ("cross_task_delta", "cross-task Δ\n(mean on tasks not attacked)", True)]
@@ -225,35 +89,35 @@ def tradeoff_figure(frame: pl.DataFrame, x: str, attack_label: str) -> Figure:
             for regime in regimes:
                 rows = frame.filter(pl.col("regime") == regime) if "regime" in frame.columns \
                     else frame
-                _line(ax, rows, x, col, label=regime, **styles[regime])
+                parts.line(ax, rows, x, col, label=regime, **styles[regime])
         else:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         if zero:
             ax.axhline(0, color="grey", linewidth=0.6)
         ax.set_title(("clean " if not zero else "") + title, fontsize=9)
         if x == "branch_point":
-            _ticks(ax, frame[x].to_list(), lambda v: f"{v:.0f}")
+            parts.ticks(ax, frame[x].to_list(), lambda v: f"{v:.0f}")
             ax.set_xlabel("branch point (shared blocks)")
         else:
-            _ticks(ax, frame[x].to_list(), lambda v: f"{v:.2f}")
+            parts.ticks(ax, frame[x].to_list(), lambda v: f"{v:.2f}")
             ax.set_xlabel("sharing")
             ax.tick_params(axis="x", labelrotation=45)
-    _legend(fig, axes, "regime", regimes)
+    parts.legend(fig, axes, "regime", regimes)
     fig.suptitle("Sharing trade-off: clean accuracy vs vulnerability")
     keys = ["regime", x] if "regime" in frame.columns else [x]
     spread = ("; layouts of equal sharing are spread sideways, not joined"
               if frame.select(keys).is_duplicated().any() else "")
-    fig.supxlabel(_caption(frame, "Trials without adversarial training and with ρ = 0 when the "
-                                  "sweep has them (the DGBA paper's setting); means over seeds"
-                           + spread), fontsize=9)
+    fig.supxlabel(parts.caption(frame, "Trials without adversarial training and with ρ = 0 when "
+                                "the sweep has them (the DGBA paper's setting); means over "
+                                "seeds" + spread), fontsize=9)
     return fig
 
 
-@_styled
+@parts.styled
 def cross_task_heatmaps_figure(matrices: list[tuple[str, pl.DataFrame]]) -> Figure:
     """One heat map per (title, matrix); rows attacked task, columns measured task; a matrix
     with several regimes labels its rows ``regime: task``, with one it names it in the title."""
-    fig, axes = _figure(len(matrices), cols=2, width=5.2, height=4.6)
+    fig, axes = parts.figure(len(matrices), cols=2, width=5.2, height=4.6)
     for ax, (title, matrix) in zip(axes, matrices):
         targets = [c for c in matrix.columns if c not in ("source_task", "regime")
                    and not c.endswith(("_lo", "_hi"))]
@@ -290,7 +154,7 @@ def cross_task_heatmaps_figure(matrices: list[tuple[str, pl.DataFrame]]) -> Figu
     return fig
 
 
-@_styled
+@parts.styled
 def early_stopping_figure(frame: pl.DataFrame, attack_label: str) -> Figure:
     """Transfer success, transfer Δ, λ_max and SAM-sharpness per early-stopping epoch (one
     panel each), one line per regime (nudged sideways so bars do not overlap); LR decays as
@@ -300,34 +164,34 @@ def early_stopping_figure(frame: pl.DataFrame, attack_label: str) -> Figure:
         ("lambda_max", "Hessian λ_max"), ("sam_sharpness", "SAM-sharpness"))
         if c in frame.columns and frame[c].drop_nulls().len() > 0]
     regimes = frame["regime"].unique().sort().to_list()
-    styles = _styles(regimes)
-    fig, axes = _figure(max(1, len(panels)), cols=2, width=4.6, height=3.2, extra_width=3.2,
-                        sharex=True)
+    styles = parts.styles(regimes)
+    fig, axes = parts.figure(max(1, len(panels)), cols=2, width=4.6, height=3.2, extra_width=3.2,
+                             sharex=True)
     decays = frame.filter(pl.col("lr_decayed").fill_null(False))["epoch"].unique().sort()
     measured = frame.filter(pl.any_horizontal(pl.col(c).is_not_null() for c, _ in panels)
                             if panels else pl.lit(True))["epoch"].to_list()
     width = 0.3 / max(1, len(regimes) - 1)
     for ax, (column, label) in zip(axes, panels):
         for i, regime in enumerate(regimes):
-            _line(ax, frame.filter(pl.col("regime") == regime), "epoch", column,
-                  shift=(i - (len(regimes) - 1) / 2) * width if len(regimes) > 1 else 0.0,
-                  label=regime, **styles[regime])
+            parts.line(ax, frame.filter(pl.col("regime") == regime), "epoch", column,
+                       shift=(i - (len(regimes) - 1) / 2) * width if len(regimes) > 1 else 0.0,
+                       label=regime, **styles[regime])
         for i, epoch in enumerate(decays.to_list()):
             ax.axvline(epoch - 0.5, color="grey", linestyle=":",
                        label="LR decay (before this epoch)" if i == 0 else None)
         ax.set_title(label)
-        _ticks(ax, measured, lambda v: f"{v:.0f}")
+        parts.ticks(ax, measured, lambda v: f"{v:.0f}")
         ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_xlabel("early-stopping epoch")
-    _legend(fig, axes, "regime", regimes)
+    parts.legend(fig, axes, "regime", regimes)
     fig.suptitle(f"Transfer and sharpness vs early stopping ({attack_label})")
-    fig.supxlabel(_caption(frame, "Each point: mean over the regime's trials (its layouts and "
-                                  "seeds); lines nudged sideways to keep them apart"),
+    fig.supxlabel(parts.caption(frame, "Each point: mean over the regime's trials (its layouts "
+                                "and seeds); lines nudged sideways to keep them apart"),
                   fontsize=9)
     return fig
 
 
-@_styled
+@parts.styled
 def transfer_vs_rho_figure(frame: pl.DataFrame, attack_label: str) -> Figure:
     """Transfer success, transfer Δ and λ_max against the SAM/RFN neighbourhood size ρ on a
     symlog axis (linear below the smallest ρ > 0, so 0 and 0.05 stay apart), one line per
@@ -337,26 +201,26 @@ def transfer_vs_rho_figure(frame: pl.DataFrame, attack_label: str) -> Figure:
                                           ("lambda_max", "surrogate Hessian λ_max"))
               if c in frame.columns and frame[c].drop_nulls().len() > 0]
     lines = frame["base_regime"].unique().sort().to_list()
-    styles = _styles(lines)
-    fig, axes = _figure(max(1, len(panels)), cols=3, width=3.9, height=3.2, extra_width=2.8)
+    styles = parts.styles(lines)
+    fig, axes = parts.figure(max(1, len(panels)), cols=3, width=3.9, height=3.2, extra_width=2.8)
     positive = frame.filter(pl.col("rho") > 0)["rho"]
     for ax, (column, label) in zip(axes, panels):
         for line in lines:
-            _line(ax, frame.filter(pl.col("base_regime") == line), "rho", column, label=line,
-                  **styles[line])
+            parts.line(ax, frame.filter(pl.col("base_regime") == line), "rho", column,
+                       label=line, **styles[line])
         if positive.len():
             ax.set_xscale("symlog", linthresh=float(positive.min()), linscale=0.6)
-        _ticks(ax, frame["rho"].to_list())
+        parts.ticks(ax, frame["rho"].to_list())
         ax.set_xlabel("ρ (SAM/RFN neighbourhood size)")
         ax.set_title(label)
-    _legend(fig, axes, "training", lines)
+    parts.legend(fig, axes, "training", lines)
     fig.suptitle(f"Transfer vs ρ ({attack_label})")
-    fig.supxlabel(_caption(frame, "Final checkpoints; each point: mean over that ρ's trials "
-                                  "(layouts and seeds); symlog x axis"), fontsize=9)
+    fig.supxlabel(parts.caption(frame, "Final checkpoints; each point: mean over that ρ's "
+                                "trials (layouts and seeds); symlog x axis"), fontsize=9)
     return fig
 
 
-@_styled
+@parts.styled
 def clean_vs_adversarial_figure(frame: pl.DataFrame) -> Figure:
     """Grouped bars: white-box Δ per objective family, one bar per training regime, with the
     interval of each bar."""
@@ -364,52 +228,54 @@ def clean_vs_adversarial_figure(frame: pl.DataFrame) -> Figure:
     cols = sorted((c for c in frame.columns
                    if c.startswith("Δ ") and not c.endswith(("_lo", "_hi"))),
                   key=lambda c: (rank.get(c.split()[1], 9), c))
-    fig, (ax,) = _figure(1, width=max(6.0, 1.1 * len(cols) + 2.5), height=4.0, extra_width=2.8)
+    fig, (ax,) = parts.figure(1, width=max(6.0, 1.1 * len(cols) + 2.5), height=4.0,
+                              extra_width=2.8)
     width = 0.8 / max(1, frame.height)
     for i, row in enumerate(frame.iter_rows(named=True)):
         xs = [j + i * width for j in range(len(cols))]
         ys = [row[c] if row[c] is not None else math.nan for c in cols]
-        yerr = _yerr(ys, [row.get(f"{c}_lo") for c in cols], [row.get(f"{c}_hi") for c in cols])
+        yerr = parts.yerr(ys, [row.get(f"{c}_lo") for c in cols],
+                          [row.get(f"{c}_hi") for c in cols])
         ax.bar(xs, ys, width, yerr=yerr, label=f"{row['training']} (n = {row['trials']})",
                color=f"C{i % 10}")
     ax.set_xticks([j + (frame.height - 1) * width / 2 for j in range(len(cols))], cols,
                   rotation=20, ha="right")
     ax.axhline(0, color="grey", linewidth=0.6)
     ax.set_ylabel("white-box Δ (lower = stronger attack)")
-    _legend(fig, [ax], "training")
+    parts.legend(fig, [ax], "training")
     fig.suptitle("Clean vs adversarially trained models")
-    fig.supxlabel(_caption(frame, f"Trials at ρ = {frame['rho'].max():g} only (SAM/RFN "
-                           "surrogates are in section 5); Δ at each objective family's largest "
-                           "ε"), fontsize=9)
+    fig.supxlabel(parts.caption(frame, f"Trials at ρ = {frame['rho'].max():g} only (SAM/RFN "
+                                "surrogates are in section 5); Δ at each objective family's "
+                                "largest ε"), fontsize=9)
     return fig
 
 
 # --- the PNGs the report embeds --------------------------------------------------------------
 def delta_vs_eps(frame: pl.DataFrame, path: Path, most: int = MOST_PANELS) -> Path:
     """:func:`delta_vs_eps_figure` written to ``path`` (PNG)."""
-    return _save(delta_vs_eps_figure(frame, most), path)
+    return parts.save(delta_vs_eps_figure(frame, most), path)
 
 
 def tradeoff(frame: pl.DataFrame, x: str, attack_label: str, path: Path) -> Path:
     """:func:`tradeoff_figure` written to ``path`` (PNG)."""
-    return _save(tradeoff_figure(frame, x, attack_label), path)
+    return parts.save(tradeoff_figure(frame, x, attack_label), path)
 
 
 def cross_task_heatmaps(matrices: list[tuple[str, pl.DataFrame]], path: Path) -> Path:
     """:func:`cross_task_heatmaps_figure` written to ``path`` (PNG)."""
-    return _save(cross_task_heatmaps_figure(matrices), path)
+    return parts.save(cross_task_heatmaps_figure(matrices), path)
 
 
 def early_stopping(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
     """:func:`early_stopping_figure` written to ``path`` (PNG)."""
-    return _save(early_stopping_figure(frame, attack_label), path)
+    return parts.save(early_stopping_figure(frame, attack_label), path)
 
 
 def transfer_vs_rho(frame: pl.DataFrame, attack_label: str, path: Path) -> Path:
     """:func:`transfer_vs_rho_figure` written to ``path`` (PNG)."""
-    return _save(transfer_vs_rho_figure(frame, attack_label), path)
+    return parts.save(transfer_vs_rho_figure(frame, attack_label), path)
 
 
 def clean_vs_adversarial(frame: pl.DataFrame, path: Path) -> Path:
     """:func:`clean_vs_adversarial_figure` written to ``path`` (PNG)."""
-    return _save(clean_vs_adversarial_figure(frame), path)
+    return parts.save(clean_vs_adversarial_figure(frame), path)

@@ -12,7 +12,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
 from orchestrator import analyze as A
-from orchestrator import plots
+from orchestrator import figure_parts, plots
 from orchestrator.results import write_trial_table
 
 TASKS = ("segment_semantic", "scene_class")
@@ -185,9 +185,9 @@ def test_cross_task_heatmap_names_its_regime(tables: A.Tables) -> None:
 
 
 def test_bars_rule_names_only_the_cases_present() -> None:
-    assert plots.bars_rule([1, 1]) == "one trial per point: no error bars"
-    assert plots.bars_rule([2]) == "bars: min–max of the two trials (n = 2)"
-    assert plots.bars_rule([3, 2, 1]) == ("bars: 95 % t-interval of the mean over trials "
+    assert figure_parts.bars_rule([1, 1]) == "one trial per point: no error bars"
+    assert figure_parts.bars_rule([2]) == "bars: min–max of the two trials (n = 2)"
+    assert figure_parts.bars_rule([3, 2, 1]) == ("bars: 95 % t-interval of the mean over trials "
                                           "(n ≥ 3); min–max of the two trials (n = 2); none "
                                           "for a single trial")
 
@@ -209,10 +209,10 @@ def test_text_from_results_files_is_shortened_but_captions_keep_their_sentences(
     caption, title = "c" * 150, "Transfer and sharpness vs early stopping (dgba / pgd / ε=8)"
     fig.supxlabel(caption)
     fig.suptitle(title)
-    plots._save(fig, tmp_path / "f.png")
-    texts = [t.get_text() for t in fig.findobj(plots.Text)]
-    assert ax.get_title() == "b" * (plots.MOST_CHARS - 1) + "…\nshort"
-    assert "a" * (plots.MOST_CHARS - 1) + "…" in texts and "a" * 4000 not in texts
+    figure_parts.save(fig, tmp_path / "f.png")
+    texts = [t.get_text() for t in fig.findobj(figure_parts.Text)]
+    assert ax.get_title() == "b" * (figure_parts.MOST_CHARS - 1) + "…\nshort"
+    assert "a" * (figure_parts.MOST_CHARS - 1) + "…" in texts and "a" * 4000 not in texts
     assert fig.get_supxlabel() == caption  # captions are sentences: up to 160 per line
     assert fig.get_suptitle() == title  # so are the figures' titles (the demo's has 59)
     assert (tmp_path / "f.png").stat().st_size > 0
