@@ -182,29 +182,22 @@ def generate(root: Path, trials: int, sweep: str = "scale") -> Path:
     return directory
 
 
-ANALYZE = """
+CHILD = """
 import json, resource, sys, time
 start = time.perf_counter()
-from orchestrator.cli import main  # imports only the analyze command's module
+{setup}
 imported = time.perf_counter()
-code = main(["analyze", sys.argv[1], "--out", sys.argv[2]])
+code = {call}
 done = time.perf_counter()
-print(json.dumps({"code": code, "import_s": imported - start, "analyze_s": done - imported,
+print(json.dumps({{"code": code, "import_s": imported - start, "analyze_s": done - imported,
                   "torch_imported": "torch" in sys.modules,
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
-
-CONSOLIDATE = """
-import json, resource, sys, time
-start = time.perf_counter()
-from orchestrator.analysis_tables import consolidate
-imported = time.perf_counter()
-code = 0 if consolidate(sys.argv[1]) else 1
-done = time.perf_counter()
-print(json.dumps({"code": code, "import_s": imported - start, "analyze_s": done - imported,
-                  "torch_imported": "torch" in sys.modules,
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+ANALYZE = CHILD.format(  # through the CLI, which imports only the analyze command's module
+    setup="from orchestrator.cli import main",
+    call='main(["analyze", sys.argv[1], "--out", sys.argv[2]])')
+CONSOLIDATE = CHILD.format(setup="from orchestrator.analysis_tables import consolidate",
+                           call="0 if consolidate(sys.argv[1]) else 1")
 STEPS = {"sweep_end": CONSOLIDATE, "after_sweep": ANALYZE, "cold": ANALYZE}
 
 
