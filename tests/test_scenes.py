@@ -1,4 +1,5 @@
-"""SyntheticScenes: labels agree with the geometry, determinism, splits, cache, arguments."""
+"""SyntheticScenes: labels agree with the geometry, determinism, splits, arguments (the
+cache: tests/test_scene_cache.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -289,58 +290,6 @@ def test_splits_never_overlap() -> None:
     assert len(np.unique(cams.round(9), axis=0)) == 24
 
 
-def test_cache_is_reused_and_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = SyntheticScenes("test", size=SIZE, length=5, cache_dir=tmp_path)
-    assert (first.cache_path / "meta.json").exists()
-    assert [p.name for p in first.cache_path.parent.iterdir()] == [first.cache_path.name]
-
-    def no_render(*args, **kwargs):
-        raise AssertionError("rendered although the cache holds this split")
-
-    monkeypatch.setattr(render_mod, "render", no_render)
-    second = SyntheticScenes("test", size=SIZE, length=5, cache_dir=tmp_path,
-                             tasks=["depth_zbuffer"])
-    assert second.cache_path == first.cache_path
-    for i in range(5):
-        assert torch.equal(first[i]["depth_zbuffer"], second[i]["depth_zbuffer"])
-        assert torch.equal(first[i]["image"], second[i]["image"])
-    with pytest.raises(AssertionError, match="rendered although"):
-        SyntheticScenes("test", size=SIZE, length=5, seed=1, cache_dir=tmp_path)   # other key
-    with pytest.raises(AssertionError, match="rendered although"):
-        SyntheticScenes("test", size=SIZE, length=6, cache_dir=tmp_path)   # sample 5 is new
-
-
-def test_shorter_length_reuses_a_longer_cached_render(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    long = SyntheticScenes("val", size=16, length=7, cache_dir=tmp_path)
-    monkeypatch.setattr(render_mod, "render", lambda *a, **k: pytest.fail("rendered"))
-    short = SyntheticScenes("val", size=16, length=4, cache_dir=tmp_path)
-    assert len(short) == 4 and short.cache_path == long.cache_path
-    assert torch.equal(short[3]["keypoints2d"], long[3]["keypoints2d"])
-    with pytest.raises(IndexError):
-        short[4]
-
-
-def test_crashed_render_leaves_no_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = render_mod.render
-    calls = []
-
-    def crash(*args, **kwargs):
-        calls.append(1)
-        raise KeyboardInterrupt("killed mid-render")
-
-    monkeypatch.setattr(render_mod, "render", crash)
-    with pytest.raises(KeyboardInterrupt):
-        SyntheticScenes("val", size=16, length=4, cache_dir=tmp_path)
-    (key_dir,) = (tmp_path / "scenes").iterdir()
-    assert calls and {p.name for p in key_dir.iterdir()} <= {".lock", "meta.json"}   # no data
-    monkeypatch.setattr(render_mod, "render", real)
-    ds = SyntheticScenes("val", size=16, length=4, cache_dir=tmp_path)
-    assert ds.cache_path == key_dir and len(list(key_dir.glob("chunk*.npy"))) == 1
-    assert torch.equal(ds[2]["image"], torch.floor(render_samples("val", [2], size=16)["image"][0]
-                                                   * 255 + 0.5) / 255)
-
-
 def test_tasks_subset(tmp_path: Path) -> None:
     ds = SyntheticScenes("val", size=16, length=3, cache_dir=tmp_path,
                          tasks=("scene_class", "depth_zbuffer"))
@@ -372,12 +321,6 @@ def test_bad_indices_raise() -> None:
             render_samples("train", bad, size=16)
     with pytest.raises(ValueError, match="split"):
         scene_params("dev", [0])
-
-
-def test_cache_dir_that_is_a_file_is_rejected(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="cache_dir"):
-        SyntheticScenes("val", size=16, length=2, cache_dir=tmp_path / "file")
 
 
 def test_genuine_multi_task_problem() -> None:
